@@ -1,0 +1,34 @@
+"""sedd-megatron: Score Entropy Discrete Diffusion as a plugin for NVIDIA Megatron-Core."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "torch==2.14.1",
+    "megatron-core==0.19.2",
+    "psutil",  # megatron-core's torch_dist checkpoint saving needs it but does not declare it
+    "numpy",
+    "pyyaml",
+    "sentencepiece",
+    "safetensors",
+    "tqdm",
+    "tensorboard",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout", "scipy"],
+    "eval": ["scipy", "matplotlib"],
+    "dev": ["ruff", "black"],
+}
+
+setup(
+    name="sedd-megatron",
+    version="0.1.0",
+    description="Score Entropy Discrete Diffusion (SEDD) language models on NVIDIA Megatron-Core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.12",
+    packages=find_packages(include=["sedd_megatron", "sedd_megatron.*"]),
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+)
