@@ -1,0 +1,1 @@
+"""Megatron-Core models of this package (import requires megatron-core)."""

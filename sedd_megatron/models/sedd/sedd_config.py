@@ -1,0 +1,89 @@
+"""Configuration of the SEDD model type: Megatron's TransformerConfig plus the SEDD fields.
+
+Defaults follow the reference implementation (SEDD_SPEC.md section 1): pre-norm LayerNorm without
+bias (eps 1e-5, fp32), no bias on qkv and attention output, biased 4H MLP with tanh-GELU, rotary on
+the full head dim, bidirectional attention without dropout, hidden dropout 0.1 before the adaLN gate.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+GRAPHS = ("absorb", "uniform")
+
+gelu_tanh = partial(F.gelu, approximate="tanh")
+
+
+@dataclass
+class SEDDTransformerConfig(TransformerConfig):
+    """TransformerConfig for SEDD.
+
+    Args (beyond TransformerConfig):
+        graph: "absorb" (an extra MASK token, id ``num_tokens``) or "uniform".
+        num_tokens: size of the data vocabulary (50257 for GPT-2).
+        cond_dim: width of the noise-level conditioning vector c.
+        scale_by_sigma: shift the absorb output by -log(e^sigma - 1) - log(V' - 1).
+        frequency_embedding_size: width of the sinusoidal embedding of sigma.
+        has_cond_embedder: tells Megatron's finalize_model_grads to all-reduce the conditioning
+            embedder's gradients across pipeline stages (every stage holds a copy).
+    """
+
+    graph: str = "absorb"
+    num_tokens: int = 50257
+    cond_dim: int = 128
+    scale_by_sigma: bool = True
+    frequency_embedding_size: int = 256
+    has_cond_embedder: bool = True
+
+    # Reference semantics as defaults for inherited fields.
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False
+    activation_func: object = gelu_tanh
+    normalization: str = "LayerNorm"
+    layernorm_epsilon: float = 1e-5
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.1
+    bias_dropout_fusion: bool = False
+    bias_activation_fusion: bool = False
+    masked_softmax_fusion: bool = False
+    apply_rope_fusion: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.graph not in GRAPHS:
+            raise ValueError(f"SEDDTransformerConfig.graph must be one of {GRAPHS}, got {self.graph!r}")
+        if self.num_tokens < 2:
+            raise ValueError(f"SEDDTransformerConfig.num_tokens must be >= 2, got {self.num_tokens}")
+        if self.cond_dim <= 0:
+            raise ValueError(f"SEDDTransformerConfig.cond_dim must be positive, got {self.cond_dim}")
+        if self.frequency_embedding_size <= 0 or self.frequency_embedding_size % 2:
+            raise ValueError(
+                "SEDDTransformerConfig.frequency_embedding_size must be a positive even number, "
+                f"got {self.frequency_embedding_size}"
+            )
+        if self.scale_by_sigma and self.graph != "absorb":
+            raise ValueError("SEDDTransformerConfig.scale_by_sigma is only defined for the absorb graph")
+        if self.normalization != "LayerNorm":
+            raise ValueError(f"SEDD uses LayerNorm, got normalization={self.normalization!r}")
+        if self.num_query_groups not in (None, self.num_attention_heads):
+            raise ValueError(
+                "SEDD uses multi-head attention: num_query_groups must equal "
+                f"num_attention_heads ({self.num_attention_heads}), got {self.num_query_groups}"
+            )
+        if self.kv_channels % 2:
+            raise ValueError(f"rotary needs an even head dim, got kv_channels={self.kv_channels}")
+        if self.gated_linear_unit:
+            raise ValueError("SEDD's MLP is not gated: gated_linear_unit must be False")
+        if self.num_moe_experts is not None:
+            raise ValueError("SEDD has a dense MLP: num_moe_experts must be None")
+
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the embedding and output layer before padding: V' in the spec."""
+        return self.num_tokens + 1 if self.graph == "absorb" else self.num_tokens
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.num_tokens if self.graph == "absorb" else None

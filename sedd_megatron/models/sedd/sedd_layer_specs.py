@@ -1,0 +1,86 @@
+"""Layer specs for SEDD: one function, a local (pure Megatron-Core) and a Transformer Engine backend.
+
+The local spec is the tested default and the one used on CPU. The TE spec swaps in TE's parallel
+linears and fused attention (which carry FP8 through Megatron's TE integration); it is chosen
+automatically when Transformer Engine imports. Norms and adaLN stay ours in both: SEDD's norm has
+no bias and must be modulated between the norm and the next linear, so TE's fused
+LayerNorm-Linear cannot be used.
+"""
+
+import copy
+from functools import partial
+
+from megatron.core.extensions.transformer_engine import HAVE_TE
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
+
+from sedd_megatron.models.sedd.sedd_layers import (
+    BidirectionalAttention,
+    SEDDLayerNorm,
+    SEDDTransformerLayer,
+)
+
+
+def build_biased_mlp(*, submodules: MLPSubmodules, config, **kwargs) -> MLP:
+    """The reference MLP has biases while qkv and the attention output do not.
+
+    Megatron's ``add_bias_linear`` is global, so the MLP is built from a copy of the config with
+    biases switched on (the copy skips re-validation; only this flag differs).
+    """
+    mlp_config = copy.copy(config)
+    mlp_config.add_bias_linear = True
+    return MLP.as_mlp_submodule(submodules=submodules, config=mlp_config, **kwargs)
+
+
+def get_sedd_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpec:
+    """ModuleSpec of one SEDD (DDiT) transformer layer.
+
+    Args:
+        use_transformer_engine: True for TE layers, False for local Megatron-Core layers,
+            None to use TE exactly when it imports.
+    """
+    if use_transformer_engine is None:
+        use_transformer_engine = HAVE_TE
+    if use_transformer_engine:
+        if not HAVE_TE:
+            raise RuntimeError("the Transformer Engine layer spec needs transformer_engine")
+        from megatron.core.extensions.transformer_engine import (
+            TEColumnParallelLinear,
+            TEDotProductAttention,
+            TERowParallelLinear,
+        )
+
+        column, row, core_attention = (
+            TEColumnParallelLinear,
+            TERowParallelLinear,
+            TEDotProductAttention,
+        )
+    else:
+        column, row, core_attention = ColumnParallelLinear, RowParallelLinear, BidirectionalAttention
+
+    return ModuleSpec(
+        module=SEDDTransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=SEDDLayerNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.no_mask},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=column,
+                    core_attention=core_attention,
+                    linear_proj=row,
+                    q_layernorm=IdentityOp,
+                    k_layernorm=IdentityOp,
+                ),
+            ),
+            pre_mlp_layernorm=SEDDLayerNorm,
+            mlp=partial(
+                build_biased_mlp, submodules=MLPSubmodules(linear_fc1=column, linear_fc2=row)
+            ),
+        ),
+    )

@@ -1,0 +1,204 @@
+"""Building blocks of the SEDD transformer on Megatron-Core.
+
+Each module computes exactly what its counterpart in the reference SEDD computes
+(SEDD_SPEC.md section 1); tensor layout is Megatron's [sequence, batch, hidden].
+
+Parameters that every tensor-parallel rank holds in full (norm weights, the adaLN projections,
+the noise-level embedder) carry ``sequence_parallel=True`` when sequence parallelism is on, so
+Megatron's ``finalize_model_grads`` sums their gradients over the TP group (each rank only sees
+its slice of the sequence). The noise-level embedder is replicated on every pipeline stage and
+carries ``pipeline_parallel=True``, so its gradients are also summed across stages
+(``SEDDConfig.has_cond_embedder``).
+"""
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+
+def param_device(config: TransformerConfig) -> torch.device:
+    """Where Megatron's own layers allocate parameters for this config."""
+    if config.use_cpu_initialization:
+        return torch.device("cpu")
+    return torch.device(torch.cuda.current_device())
+
+
+def mark_replicated(module: torch.nn.Module, config: TransformerConfig, across_pipeline=False):
+    """Tag the parameters of a TP-replicated module for Megatron's gradient reductions."""
+    for param in module.parameters():
+        param.sequence_parallel = config.sequence_parallel
+        if across_pipeline:
+            param.pipeline_parallel = True
+
+
+def replicated_linear(config: TransformerConfig, in_features: int, out_features: int, zero=False):
+    """A plain Linear held in full by every TP rank (torch default init, or zeros)."""
+    linear = torch.nn.Linear(
+        in_features, out_features, device=param_device(config), dtype=config.params_dtype
+    )
+    if zero:
+        torch.nn.init.zeros_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+    mark_replicated(linear, config)
+    return linear
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation: x * (1 + scale) + shift."""
+    return x * (1 + scale) + shift
+
+
+class SEDDLayerNorm(torch.nn.Module):
+    """LayerNorm computed in float32 without affine bias, then times a learned weight.
+
+    Returns float32 (as the reference does under autocast); callers cast after modulation.
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.eps = eps
+        self.weight = torch.nn.Parameter(
+            torch.ones(hidden_size, device=param_device(config), dtype=config.params_dtype)
+        )
+        mark_replicated(self, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), (self.hidden_size,), eps=self.eps) * self.weight.float()
+
+
+class TimestepEmbedder(torch.nn.Module):
+    """Noise-level conditioning: sinusoid of sigma (cos first) -> Linear -> SiLU -> Linear.
+
+    ``forward`` returns c = SiLU(mlp(temb(sigma))): the reference applies SiLU once, outside the
+    blocks, and its adaLN projections are bare Linears. Computed in float32 on every stage.
+    """
+
+    def __init__(self, config, cond_dim: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        device = param_device(config)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(frequency_embedding_size, cond_dim, device=device),
+            torch.nn.SiLU(),
+            torch.nn.Linear(cond_dim, cond_dim, device=device),
+        )
+        self.mlp.to(config.params_dtype)
+        mark_replicated(self, config, across_pipeline=True)
+
+    def sinusoid(self, sigma: torch.Tensor, max_period: float = 10000.0) -> torch.Tensor:
+        half = self.frequency_embedding_size // 2
+        freqs = torch.exp(
+            -math.log(max_period)
+            * torch.arange(half, dtype=torch.float32, device=sigma.device)
+            / half
+        )
+        angles = sigma.float()[:, None] * freqs[None]
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        temb = self.sinusoid(sigma).to(self.mlp[0].weight.dtype)
+        return F.silu(self.mlp(temb))
+
+
+class BidirectionalAttention(MegatronModule):
+    """Core attention without a mask via torch's scaled_dot_product_attention.
+
+    Takes Megatron's [s, b, heads, head_dim] query/key/value for the heads of this TP rank and
+    returns [s, b, heads * head_dim]. Attention dropout (0 in SEDD) draws from the model-parallel
+    RNG so TP ranks drop independently.
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, **kwargs):
+        super().__init__(config=config)
+        self.dropout = config.attention_dropout
+        self.scale = kwargs.get("softmax_scale")
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, **kwargs):
+        if attention_mask is not None:
+            raise ValueError("SEDD attention is bidirectional: attention_mask must be None")
+        if kwargs.get("packed_seq_params") is not None:
+            raise ValueError("packed sequences are not supported by SEDD's local attention")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        dropout = self.dropout if self.training else 0.0
+        with tensor_parallel.get_cuda_rng_tracker().fork() if dropout else nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+        s, b = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+
+class SEDDTransformerLayer(TransformerLayer):
+    """A DDiT block: adaLN-modulated pre-norm attention and MLP with gated residuals.
+
+    x += gate_msa * dropout(attn(modulate(LN1(x), shift_msa, scale_msa)))
+    x += gate_mlp * dropout(mlp(modulate(LN2(x), shift_mlp, scale_mlp)))
+
+    The conditioning vector c (batch, cond_dim) arrives through Megatron's ``context`` argument,
+    which TransformerBlock threads through every layer (and through activation recomputation).
+    """
+
+    def __init__(self, config, submodules, layer_number: int = 1, **kwargs):
+        super().__init__(config=config, submodules=submodules, layer_number=layer_number, **kwargs)
+        self.adaLN_modulation = replicated_linear(
+            config, config.cond_dim, 6 * config.hidden_size, zero=True
+        )
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, p=self.hidden_dropout, training=self.training)
+
+    def forward(self, hidden_states, attention_mask=None, context=None, **kwargs):
+        x = hidden_states
+        modulation = self.adaLN_modulation(context.to(self.adaLN_modulation.weight.dtype))
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) = (
+            m.unsqueeze(0) for m in modulation.chunk(6, dim=-1)
+        )
+
+        h = modulate(self.input_layernorm(x), shift_msa, scale_msa).to(x.dtype)
+        attn_out, attn_bias = self.self_attention(
+            h,
+            attention_mask=attention_mask,
+            rotary_pos_emb=kwargs.get("rotary_pos_emb"),
+            packed_seq_params=kwargs.get("packed_seq_params"),
+        )
+        if attn_bias is not None:
+            attn_out = attn_out + attn_bias
+        x = x + gate_msa * self._dropout(attn_out)
+
+        h = modulate(self.pre_mlp_layernorm(x), shift_mlp, scale_mlp).to(x.dtype)
+        mlp_out, mlp_bias = self.mlp(h)
+        if mlp_bias is not None:
+            mlp_out = mlp_out + mlp_bias
+        x = x + gate_mlp * self._dropout(mlp_out)
+        return x, context
+
+
+class SEDDFinalLayer(MegatronModule):
+    """adaLN-modulated final norm (shift, scale) and the vocab-parallel output projection."""
+
+    def __init__(self, config, vocab_rows_padded: int):
+        super().__init__(config=config)
+        self.norm_final = SEDDLayerNorm(config, config.hidden_size, config.layernorm_epsilon)
+        self.adaLN_modulation = replicated_linear(
+            config, config.cond_dim, 2 * config.hidden_size, zero=True
+        )
+        self.linear = tensor_parallel.ColumnParallelLinear(
+            config.hidden_size,
+            vocab_rows_padded,
+            config=config,
+            init_method=torch.nn.init.zeros_,
+            bias=True,
+            gather_output=False,
+            skip_bias_add=False,
+        )
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c.to(self.adaLN_modulation.weight.dtype)).chunk(2, -1)
+        h = modulate(self.norm_final(x), shift.unsqueeze(0), scale.unsqueeze(0)).to(x.dtype)
+        logits, _ = self.linear(h)
+        return logits

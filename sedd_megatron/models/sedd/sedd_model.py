@@ -1,0 +1,198 @@
+"""SEDDModel: the score network of Score Entropy Discrete Diffusion on Megatron-Core.
+
+forward(x_t, sigma) -> log concrete score log s_theta(x_t, sigma), vocab-sharded over TP;
+forward(x_t, sigma, x0=x0) -> per-token score entropy, computed from the shards without
+gathering the vocabulary. Architecture: SEDD_SPEC.md section 1; no position embedding (rotary in
+attention), the noise-level conditioning computed on every pipeline stage from sigma.
+"""
+
+import math
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.models.common.language_module.language_module import LanguageModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlock
+
+from sedd_megatron.models.sedd.score_entropy import vocab_parallel_score_entropy
+from sedd_megatron.models.sedd.sedd_config import SEDDTransformerConfig
+from sedd_megatron.models.sedd.sedd_layers import SEDDFinalLayer, TimestepEmbedder
+
+
+def embedding_init(weight: torch.Tensor) -> torch.Tensor:
+    """The reference embedding init, U(-1/sqrt(H), 1/sqrt(H)) (kaiming-uniform with a=sqrt(5))."""
+    bound = 1.0 / math.sqrt(weight.shape[-1])
+    return torch.nn.init.uniform_(weight, -bound, bound)
+
+
+class TokenEmbedding(torch.nn.Module):
+    """Vocab-parallel token embedding, no scaling, no position embedding, no dropout."""
+
+    def __init__(self, config: SEDDTransformerConfig, vocab_rows_padded: int):
+        super().__init__()
+        self.sequence_parallel = config.sequence_parallel
+        self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
+            vocab_rows_padded,
+            config.hidden_size,
+            init_method=embedding_init,
+            reduce_scatter_embeddings=config.sequence_parallel,
+            config=config,
+        )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.word_embeddings(input_ids)  # [s/tp, b, h] under SP, else [b, s, h]
+        return out if self.sequence_parallel else out.transpose(0, 1).contiguous()
+
+
+class SEDDModel(LanguageModule):
+    """SEDD score network.
+
+    Args:
+        config: SEDDTransformerConfig.
+        transformer_layer_spec: from ``get_sedd_layer_spec``.
+        vocab_size: padded number of vocabulary rows (>= config.vocab_rows; Megatron pads for TP
+            divisibility). Padded rows never reach the loss, sampling or exported weights.
+        max_sequence_length: the training sequence length.
+        pre_process / post_process: whether this pipeline stage holds the embedding / output.
+    """
+
+    def __init__(
+        self,
+        config: SEDDTransformerConfig,
+        transformer_layer_spec: ModuleSpec,
+        vocab_size: int,
+        max_sequence_length: int,
+        pre_process: bool = True,
+        post_process: bool = True,
+        vp_stage: int | None = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config, pg_collection=pg_collection)
+        if vocab_size < config.vocab_rows:
+            raise ValueError(
+                f"vocab_size {vocab_size} is smaller than the model's {config.vocab_rows} rows"
+            )
+        self.config: SEDDTransformerConfig = config
+        self.vocab_size = vocab_size
+        self.max_sequence_length = max_sequence_length
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.vp_stage = vp_stage
+        self.share_embeddings_and_output_weights = False
+        self.model_type = None  # set by Megatron's get_model
+
+        if pre_process:
+            self.embedding = TokenEmbedding(config, vocab_size)
+        self.sigma_map = TimestepEmbedder(
+            config, config.cond_dim, config.frequency_embedding_size
+        )
+        self.rotary_pos_emb = RotaryEmbedding(
+            kv_channels=config.kv_channels,
+            rotary_percent=1.0,
+            rotary_interleaved=False,
+            rotary_base=10000,
+            use_cpu_initialization=config.use_cpu_initialization,
+        )
+        self.decoder = TransformerBlock(
+            config=config,
+            spec=transformer_layer_spec,
+            pre_process=pre_process,
+            post_process=post_process,
+            post_layer_norm=False,
+            vp_stage=vp_stage,
+            pg_collection=self.pg_collection,
+        )
+        if post_process:
+            self.output_layer = SEDDFinalLayer(config, vocab_size)
+
+    def set_input_tensor(self, input_tensor) -> None:
+        if isinstance(input_tensor, list):
+            if len(input_tensor) != 1:
+                raise ValueError("SEDDModel takes exactly one input tensor per stage")
+            input_tensor = input_tensor[0]
+        self.decoder.set_input_tensor(input_tensor)
+
+    def _sequence_length(self, input_ids: torch.Tensor | None) -> int:
+        if input_ids is not None:
+            return input_ids.shape[1]
+        local = self.decoder.input_tensor.shape[0]
+        return local * self.tp_group.size() if self.config.sequence_parallel else local
+
+    def vocab_range(self) -> tuple[int, int]:
+        """[start, end) of the vocabulary rows held by this TP rank, padding excluded."""
+        per_rank = self.vocab_size // self.tp_group.size()
+        start = per_rank * self.tp_group.rank()
+        return start, max(start, min(start + per_rank, self.config.vocab_rows))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        sigma: torch.Tensor,
+        x0: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the score network.
+
+        Args:
+            input_ids: x_t, int64 [b, s]; needed on the first and last pipeline stages.
+            sigma: total noise sigma(t), [b], on every stage.
+            x0: clean tokens [b, s]. When given (last stage), return the per-token score entropy
+                [b, s] (float32) instead of the log-score.
+
+        Returns:
+            On the last stage: the log-score [b, s, V_local] for this rank's vocabulary shard
+            (float32; padded rows are -inf), or the per-token score entropy when x0 is given.
+            On other stages: the hidden states [s, b, h] for the next stage.
+        """
+        cond = self.sigma_map(sigma)
+        hidden = self.embedding(input_ids) if self.pre_process else None
+        rotary = self.rotary_pos_emb(self._sequence_length(input_ids))
+        hidden = self.decoder(
+            hidden_states=hidden, attention_mask=None, context=cond, rotary_pos_emb=rotary
+        )
+        if not self.post_process:
+            return hidden
+
+        logits = self.output_layer(hidden, cond).transpose(0, 1).float()  # [b, s, V/tp]
+        log_score = self._postprocess(logits, input_ids, sigma)
+        if x0 is None:
+            return log_score
+        start, end = self.vocab_range()
+        return vocab_parallel_score_entropy(
+            self.config.graph,
+            self.config.num_tokens,
+            log_score[..., : end - start],
+            sigma,
+            input_ids,
+            x0,
+            vocab_offset=start,
+            tp_group=self.tp_group,
+        )
+
+    def _postprocess(self, logits, x_t, sigma) -> torch.Tensor:
+        """sigma-scaling (absorb), log-score 0 at the current token, -inf on padded rows."""
+        start, end = self.vocab_range()
+        if self.config.scale_by_sigma:
+            sigma = sigma.float()
+            esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+            shift = esigm1.log() + math.log(self.config.vocab_rows - 1)
+            logits = logits - shift[:, None, None]
+        # Set the log-score at the current token to exactly 0 where that token is in this shard;
+        # elsewhere write the value back unchanged (gradients flow through the gather).
+        local = x_t - start
+        here = ((local >= 0) & (local < end - start))[..., None]
+        index = local.clamp(0, logits.shape[-1] - 1)[..., None]
+        current = torch.where(here, 0.0, logits.gather(-1, index))
+        logits = logits.scatter(-1, index, current)
+        if end - start < logits.shape[-1]:
+            padded = torch.arange(logits.shape[-1], device=logits.device) >= end - start
+            logits = logits.masked_fill(padded, float("-inf"))
+        return logits
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
+        sharded = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        # Megatron pads the vocabulary to a multiple that depends on TP: let checkpoints reshard.
+        for key in ("output_layer.linear.weight", "output_layer.linear.bias"):
+            if self.post_process and f"{prefix}{key}" in sharded:
+                sharded[f"{prefix}{key}"].allow_shape_mismatch = True
+        return sharded

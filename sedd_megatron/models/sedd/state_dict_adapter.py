@@ -1,0 +1,182 @@
+"""One place that maps between SEDDModel's (sharded) parameters and the reference SEDD layout.
+
+The reference layout is the published ``louaaron/sedd-*`` state dict (SEDD_SPEC.md section 2),
+as produced by ``sedd_megatron.plain``. Differences the adapter owns:
+
+- names: ``blocks.i.attn_qkv`` <-> ``decoder.layers.i.self_attention.linear_qkv`` and so on;
+  pipeline stages hold a contiguous range of global layers;
+- qkv rows: reference ``[q heads | k heads | v heads]`` (3, heads, head_dim) <-> Megatron's
+  per-head interleave (heads, 3, head_dim), so a TP shard holds whole heads;
+- vocabulary padding: Megatron pads embedding and output rows to a multiple that depends on TP;
+  padded rows are zero on import and dropped on export;
+- tensor parallel: column-parallel weights split on dim 0, row-parallel on dim 1, the rest is
+  replicated;
+- ``rotary_emb.inv_freq`` is a derived buffer in the reference and not a Megatron parameter.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from sedd_megatron.plain import layout
+from sedd_megatron.plain.layout import CheckpointError
+
+# reference block key suffix -> (Megatron layer key suffix, how it is sharded over TP)
+_BLOCK = {
+    "norm1.weight": ("input_layernorm.weight", None),
+    "attn_qkv.weight": ("self_attention.linear_qkv.weight", "qkv"),
+    "attn_out.weight": ("self_attention.linear_proj.weight", "row"),
+    "norm2.weight": ("pre_mlp_layernorm.weight", None),
+    "mlp.0.weight": ("mlp.linear_fc1.weight", "column"),
+    "mlp.0.bias": ("mlp.linear_fc1.bias", "column"),
+    "mlp.2.weight": ("mlp.linear_fc2.weight", "row"),
+    "mlp.2.bias": ("mlp.linear_fc2.bias", None),
+    "adaLN_modulation.weight": ("adaLN_modulation.weight", None),
+    "adaLN_modulation.bias": ("adaLN_modulation.bias", None),
+}
+_GLOBAL = {
+    layout.EMBEDDING: ("embedding.word_embeddings.weight", "vocab"),
+    **{key: (key, None) for key in layout.SIGMA_MAP_KEYS},
+    "output_layer.norm_final.weight": ("output_layer.norm_final.weight", None),
+    "output_layer.linear.weight": ("output_layer.linear.weight", "vocab"),
+    "output_layer.linear.bias": ("output_layer.linear.bias", "vocab"),
+    "output_layer.adaLN_modulation.weight": ("output_layer.adaLN_modulation.weight", None),
+    "output_layer.adaLN_modulation.bias": ("output_layer.adaLN_modulation.bias", None),
+}
+_SPLIT_DIM = {"qkv": 0, "column": 0, "vocab": 0, "row": 1}
+
+
+@dataclass(frozen=True)
+class Entry:
+    reference_key: str
+    megatron_key: str  # as in this rank's model.state_dict() (local layer numbering)
+    kind: str | None  # TP sharding: "qkv" | "column" | "row" | "vocab" | None (replicated)
+
+
+def model_entries(model) -> list[Entry]:
+    """The reference <-> local Megatron key pairs for the parameters this rank holds."""
+    by_megatron = {}
+    for ref_key, (mg_key, kind) in _GLOBAL.items():
+        by_megatron[mg_key] = Entry(ref_key, mg_key, kind)
+    for local_index, layer in enumerate(model.decoder.layers):
+        global_index = layer.layer_number - 1
+        for ref_suffix, (mg_suffix, kind) in _BLOCK.items():
+            mg_key = f"decoder.layers.{local_index}.{mg_suffix}"
+            by_megatron[mg_key] = Entry(f"blocks.{global_index}.{ref_suffix}", mg_key, kind)
+    entries = []
+    for name, _ in _parameters(model):
+        if name not in by_megatron:
+            raise CheckpointError(f"no reference key is known for Megatron parameter {name!r}")
+        entries.append(by_megatron[name])
+    return entries
+
+
+def _parameters(model):
+    return [(n, t) for n, t in model.state_dict().items() if not n.endswith("_extra_state")]
+
+
+def _qkv_to_megatron(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(3 * heads * d, H) rows [3][heads][d] -> rows [heads][3][d]."""
+    three_h, hidden = weight.shape
+    return weight.view(3, num_heads, three_h // (3 * num_heads), hidden).transpose(0, 1).reshape(
+        three_h, hidden
+    )
+
+
+def _qkv_to_reference(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    three_h, hidden = weight.shape
+    return weight.view(num_heads, 3, three_h // (3 * num_heads), hidden).transpose(0, 1).reshape(
+        three_h, hidden
+    )
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] == rows:
+        return tensor
+    pad = tensor.new_zeros((rows - tensor.shape[0], *tensor.shape[1:]))
+    return torch.cat([tensor, pad], dim=0)
+
+
+def _tp(model):
+    return model.tp_group.size(), model.tp_group.rank()
+
+
+def load_reference_state_dict(model, reference: dict[str, torch.Tensor]) -> None:
+    """Copy a reference-layout state dict into this rank's shard of ``model`` (strict).
+
+    Every parameter of this rank must be covered, shapes must match after padding and slicing.
+    Call on every rank with the same full ``reference`` dict.
+    """
+    config = model.config
+    tp_size, tp_rank = _tp(model)
+    local = dict(_parameters(model))
+    for entry in model_entries(model):
+        if entry.reference_key not in reference:
+            raise CheckpointError(f"reference state dict lacks {entry.reference_key!r}")
+        full = reference[entry.reference_key]
+        if entry.kind == "qkv":
+            full = _qkv_to_megatron(full, config.num_attention_heads)
+        elif entry.kind == "vocab":
+            full = _pad_rows(full, model.vocab_size)
+        if entry.kind is not None:
+            full = full.chunk(tp_size, dim=_SPLIT_DIM[entry.kind])[tp_rank]
+        target = local[entry.megatron_key]
+        if tuple(full.shape) != tuple(target.shape):
+            raise CheckpointError(
+                f"{entry.reference_key} -> {entry.megatron_key}: shape {tuple(full.shape)} "
+                f"does not match the model's {tuple(target.shape)}"
+            )
+        with torch.no_grad():
+            target.copy_(full)
+
+
+def reference_state_dict(model, include_inv_freq: bool = True) -> dict[str, torch.Tensor]:
+    """Gather the full reference-layout state dict from all TP and PP ranks of ``model``.
+
+    Collective over the model's TP and PP groups; every rank returns the full dict (CPU, in
+    the reference key order).
+    """
+    config = model.config
+    tp_size, _ = _tp(model)
+    local = dict(_parameters(model))
+    stage: dict[str, torch.Tensor] = {}
+    for entry in model_entries(model):
+        tensor = local[entry.megatron_key].detach()
+        if entry.kind is not None and tp_size > 1:
+            parts = [torch.empty_like(tensor) for _ in range(tp_size)]
+            dist.all_gather(parts, tensor.contiguous(), group=model.tp_group)
+            tensor = torch.cat(parts, dim=_SPLIT_DIM[entry.kind])
+        if entry.kind == "qkv":
+            tensor = _qkv_to_reference(tensor, config.num_attention_heads)
+        elif entry.kind == "vocab":
+            tensor = tensor[: config.vocab_rows]
+        stage[entry.reference_key] = tensor.cpu().clone()
+
+    merged = {}
+    if model.pp_group.size() > 1:
+        parts = [None] * model.pp_group.size()
+        dist.all_gather_object(parts, stage, group=model.pp_group)
+        for part in parts:
+            for key, tensor in part.items():
+                merged.setdefault(key, tensor)  # replicated keys: every stage holds a copy
+    else:
+        merged = stage
+
+    head_dim = config.hidden_size // config.num_attention_heads
+    merged[layout.ROTARY_INV_FREQ] = layout.rotary_inv_freq(head_dim)
+    order = _reference_order(config.num_layers)
+    missing = [k for k in order if k not in merged]
+    if missing:
+        raise CheckpointError(f"gathered state dict lacks {missing[:6]}")
+    out = {k: merged[k] for k in order}
+    if not include_inv_freq:
+        del out[layout.ROTARY_INV_FREQ]
+    return out
+
+
+def _reference_order(num_layers: int) -> list[str]:
+    keys = [layout.EMBEDDING, *layout.SIGMA_MAP_KEYS, layout.ROTARY_INV_FREQ]
+    for i in range(num_layers):
+        keys += layout.block_keys(i)
+    return keys + list(layout.FINAL_KEYS)

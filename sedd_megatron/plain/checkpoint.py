@@ -1,0 +1,146 @@
+"""Reading and writing SEDD checkpoints in the published Hugging Face layout (local files only).
+
+A checkpoint directory holds ``config.json`` (SEDDConfig.to_dict) and the reference state dict
+as ``model.safetensors`` and/or ``pytorch_model.bin``. Pickles are only read with
+``weights_only=True``; keys and shapes are checked strictly against layout.py.
+"""
+
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import SEDDConfig
+from .layout import ROTARY_INV_FREQ, CheckpointError, check_state_dict, rotary_inv_freq
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+PYTORCH_BIN_NAME = "pytorch_model.bin"
+WEIGHTS_NAMES = (SAFETENSORS_NAME, PYTORCH_BIN_NAME)  # in order of preference
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a weights-only pickle (.bin/.pt), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe is None:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from err
+        raise CheckpointError(
+            f"refusing to load {path}: it needs the Python global {unsafe.group(1)}, which only "
+            "full unpickling can build, and full unpickling can run arbitrary code (only "
+            "weights_only loading is allowed; re-save the file as a plain dict of tensors)"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        hint = ""
+        if isinstance(state_dict, dict) and "model" in state_dict:
+            hint = " (a training checkpoint? pass its 'model' or EMA weights instead)"
+        raise CheckpointError(f"{path} does not hold a flat dict of name -> tensor{hint}")
+    return state_dict
+
+
+def find_weights_file(directory: Path, weights_name: str | None = None) -> Path:
+    if weights_name is not None:
+        if Path(weights_name).name != weights_name:
+            raise CheckpointError(f"weights_name must be a file name, got {weights_name!r}")
+        if not (directory / weights_name).is_file():
+            raise CheckpointError(f"{directory} has no {weights_name}")
+        return directory / weights_name
+    for name in WEIGHTS_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory} has neither {SAFETENSORS_NAME} nor {PYTORCH_BIN_NAME}")
+
+
+def load_pretrained(model_cls, path: str | Path, *, weights_name: str | None = None):
+    """Build ``model_cls(config)`` from a local checkpoint directory, in eval mode, float32."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{str(path)!r} is not a local directory (hub downloads are not supported)"
+        )
+    if not (directory / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
+    config = SEDDConfig.from_json(directory / CONFIG_NAME)
+    weights_file = find_weights_file(directory, weights_name)
+    state_dict = read_state_dict(weights_file)
+    try:
+        check_state_dict(state_dict, config)
+    except CheckpointError as err:
+        raise CheckpointError(f"{weights_file} vs {CONFIG_NAME}: {err}") from err
+    state_dict = {k: v.to(torch.float32).contiguous() for k, v in state_dict.items()}
+    state_dict.setdefault(ROTARY_INV_FREQ, rotary_inv_freq(config.head_dim))
+    with torch.device("meta"):
+        model = model_cls(config)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
+def save_pretrained(
+    model, path: str | Path, *, safetensors=True, pytorch_bin=False, overwrite=False
+) -> Path:
+    """Write config.json + weights into a temporary sibling directory, then rename it to ``path``.
+
+    An existing non-empty ``path`` is an error unless ``overwrite``; then it is replaced whole.
+    """
+    if not (safetensors or pytorch_bin):
+        raise ValueError("nothing to write: set safetensors and/or pytorch_bin")
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
+    state_dict = OrderedDict(
+        (k, v.detach().to("cpu").contiguous()) for k, v in model.state_dict().items()
+    )
+    check_state_dict(state_dict, model.config, allow_missing_derived=False)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        model.config.to_json(staging / CONFIG_NAME)
+        if safetensors:
+            save_file(state_dict, staging / SAFETENSORS_NAME, metadata={"format": "pt"})
+        if pytorch_bin:
+            torch.save(state_dict, staging / PYTORCH_BIN_NAME)
+        os.chmod(staging, 0o755)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_directory(source: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(source, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rename(target, old / "replaced")
+    try:
+        os.rename(source, target)
+    except BaseException:
+        os.rename(old / "replaced", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""The SEDD score network (a DiT-style bidirectional transformer) in plain PyTorch.
+
+Module and parameter names follow the reference implementation exactly (see layout.py), so state
+dicts move between the two with strict key checking. Math: SEDD_SPEC.md §1.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_pretrained, save_pretrained
+from .config import SEDDConfig
+from .layout import TIMESTEP_FREQ_DIM, rotary_inv_freq
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm in float32 with a weight and no bias, eps 1e-5."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            x = F.layer_norm(x.float(), [self.dim])
+        return x * self.weight[None, None, :]
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def gated_residual(branch, gate, residual, p: float, training: bool):
+    """residual + gate * dropout(branch)."""
+    return residual + gate * F.dropout(branch, p=p, training=training)
+
+
+class EmbeddingLayer(nn.Module):
+    def __init__(self, hidden_size: int, vocab_rows: int):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(vocab_rows, hidden_size))
+        nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
+
+    def forward(self, indices):
+        return self.embedding[indices]
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of sigma ([cos | sin], max period 10000) followed by an MLP."""
+
+    def __init__(self, cond_dim: int, freq_dim: int = TIMESTEP_FREQ_DIM):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
+
+    @staticmethod
+    def sinusoidal_features(sigma, dim: int, max_period: float = 10000.0):
+        half = dim // 2
+        freqs = torch.exp(
+            -math.log(max_period)
+            * torch.arange(half, dtype=torch.float32, device=sigma.device)
+            / half
+        )
+        args = sigma[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, sigma):
+        return self.mlp(self.sinusoidal_features(sigma, self.freq_dim))
+
+
+class Rotary(nn.Module):
+    """Rotary embedding, base 10000, full head dim, rotate-half (non-interleaved) style."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.register_buffer("inv_freq", rotary_inv_freq(head_dim))
+
+    def forward(self, seq_len: int):
+        """cos, sin of shape (1, seq_len, 1, head_dim), float32."""
+        positions = torch.arange(seq_len, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        angles = torch.outer(positions, self.inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)[None, :, None, :]
+        return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+class DDiTBlock(nn.Module):
+    def __init__(self, hidden_size: int, n_heads: int, cond_dim: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.norm1 = LayerNorm(hidden_size)
+        self.attn_qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.attn_out = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.norm2 = LayerNorm(hidden_size)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, 4 * hidden_size),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(4 * hidden_size, hidden_size),
+        )
+        self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden_size)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def attention(self, h, cos, sin):
+        B, L, H = h.shape
+        qkv = self.attn_qkv(h).view(B, L, 3, self.n_heads, H // self.n_heads)
+        q, k, v = qkv.unbind(dim=2)  # each (B, L, heads, head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=0.0
+        )
+        return self.attn_out(out.transpose(1, 2).reshape(B, L, H))
+
+    def forward(self, x, c, cos, sin):
+        modulation = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        x = gated_residual(self.attention(h, cos, sin), gate_msa, x, self.dropout, self.training)
+        h = modulate(self.norm2(x), shift_mlp, scale_mlp)
+        return gated_residual(self.mlp(h), gate_mlp, x, self.dropout, self.training)
+
+
+class DDitFinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, vocab_rows: int, cond_dim: int):
+        super().__init__()
+        self.norm_final = LayerNorm(hidden_size)
+        self.linear = nn.Linear(hidden_size, vocab_rows)
+        self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden_size)
+        for layer in (self.linear, self.adaLN_modulation):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class SEDD(nn.Module):
+    """Score network: (indices (B, L) int64, sigma (B,) total noise) -> log score (B, L, V')."""
+
+    def __init__(self, config: SEDDConfig):
+        super().__init__()
+        self.config = config
+        H, C = config.hidden_size, config.cond_dim
+        self.vocab_embed = EmbeddingLayer(H, config.vocab_rows)
+        self.sigma_map = TimestepEmbedder(C)
+        self.rotary_emb = Rotary(config.head_dim)
+        self.blocks = nn.ModuleList(
+            DDiTBlock(H, config.n_heads, C, config.dropout) for _ in range(config.n_blocks)
+        )
+        self.output_layer = DDitFinalLayer(H, config.vocab_rows, C)
+
+    def forward(self, indices: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if indices.ndim != 2 or sigma.shape != indices.shape[:1]:
+            raise ValueError(
+                f"expected indices (B, L) and sigma (B,), got {tuple(indices.shape)} and "
+                f"{tuple(sigma.shape)}"
+            )
+        x = self.vocab_embed(indices)
+        c = F.silu(self.sigma_map(sigma))
+        cos, sin = self.rotary_emb(indices.shape[1])
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        x = self.output_layer(x, c)
+        if self.config.scale_by_sigma:
+            x = x - self.log_expm1(sigma).to(x.dtype)[:, None, None] - math.log(x.shape[-1] - 1)
+        return torch.scatter(x, -1, indices[..., None], torch.zeros_like(x[..., :1]))
+
+    @staticmethod
+    def log_expm1(sigma):
+        """log(e^sigma - 1), with expm1 below 0.5 and exp(sigma) - 1 above, as the reference."""
+        return torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, weights_name: str | None = None) -> "SEDD":
+        """Load a local directory with config.json + model.safetensors or pytorch_model.bin."""
+        return load_pretrained(cls, path, weights_name=weights_name)
+
+    def save_pretrained(
+        self,
+        path: str | Path,
+        *,
+        safetensors: bool = True,
+        pytorch_bin: bool = False,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write config.json + weights atomically into the directory ``path``."""
+        return save_pretrained(
+            self, path, safetensors=safetensors, pytorch_bin=pytorch_bin, overwrite=overwrite
+        )
