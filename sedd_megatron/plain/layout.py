@@ -47,8 +47,13 @@ def block_keys(i: int) -> list[str]:
 
 def reference_keys(config: SEDDConfig) -> list[str]:
     """The reference state-dict keys, in the reference order."""
+    return reference_keys_for(config.n_blocks)
+
+
+def reference_keys_for(n_blocks: int) -> list[str]:
+    """The reference state-dict keys of a model with ``n_blocks`` blocks, in order."""
     keys = [EMBEDDING, *SIGMA_MAP_KEYS, ROTARY_INV_FREQ]
-    for i in range(config.n_blocks):
+    for i in range(n_blocks):
         keys += block_keys(i)
     return keys + list(FINAL_KEYS)
 

@@ -10,6 +10,8 @@ the gradient of the redundant per-rank combination with respect to each rank's p
 import torch
 from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 
+from sedd_megatron.diffusion import get_graph
+
 
 
 
@@ -30,12 +32,8 @@ def vocab_parallel_score_entropy(
             (padding rows already removed).
         sigma: total noise [b].
     """
-    from sedd_megatron.diffusion import get_graph
-
     graph = get_graph(graph_name, num_tokens)
     stats = graph.score_entropy_stats(log_score_shard, x_t, x0, vocab_offset=vocab_offset)
     if tp_group.size() > 1:
-        stats = type(stats)(
-            *(reduce_from_tensor_model_parallel_region(s, group=tp_group) for s in stats)
-        )
+        stats = stats.map(lambda s: reduce_from_tensor_model_parallel_region(s, group=tp_group))
     return graph.score_entropy_from_stats(stats, sigma[:, None], x_t, x0)

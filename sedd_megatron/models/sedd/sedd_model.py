@@ -196,3 +196,9 @@ class SEDDModel(LanguageModule):
             if self.post_process and f"{prefix}{key}" in sharded:
                 sharded[f"{prefix}{key}"].allow_shape_mismatch = True
         return sharded
+
+
+def padded_vocab_size(vocab_rows: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
+    """Megatron's vocabulary padding: round up to a multiple of divisible_by * TP."""
+    multiple = divisible_by * tensor_parallel_size
+    return -(-vocab_rows // multiple) * multiple

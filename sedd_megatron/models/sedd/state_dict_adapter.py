@@ -131,18 +131,18 @@ def load_reference_state_dict(model, reference: dict[str, torch.Tensor]) -> None
             target.copy_(full)
 
 
-def reference_state_dict(model, include_inv_freq: bool = True) -> dict[str, torch.Tensor]:
-    """Gather the full reference-layout state dict from all TP and PP ranks of ``model``.
+def gather_reference(model, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Assemble full reference-layout tensors from per-rank Megatron tensors.
 
-    Collective over the model's TP and PP groups; every rank returns the full dict (CPU, in
-    the reference key order).
+    ``tensors`` maps this rank's Megatron parameter names to tensors shaped like those parameters
+    (the parameters themselves, or their gradients). Collective over the model's TP and PP
+    groups; every rank returns the same dict (CPU tensors, reference key order, no inv_freq).
     """
     config = model.config
     tp_size, _ = _tp(model)
-    local = dict(_parameters(model))
     stage: dict[str, torch.Tensor] = {}
     for entry in model_entries(model):
-        tensor = local[entry.megatron_key].detach()
+        tensor = tensors[entry.megatron_key].detach()
         if entry.kind is not None and tp_size > 1:
             parts = [torch.empty_like(tensor) for _ in range(tp_size)]
             dist.all_gather(parts, tensor.contiguous(), group=model.tp_group)
@@ -153,7 +153,7 @@ def reference_state_dict(model, include_inv_freq: bool = True) -> dict[str, torc
             tensor = tensor[: config.vocab_rows]
         stage[entry.reference_key] = tensor.cpu().clone()
 
-    merged = {}
+    merged: dict[str, torch.Tensor] = {}
     if model.pp_group.size() > 1:
         parts = [None] * model.pp_group.size()
         dist.all_gather_object(parts, stage, group=model.pp_group)
@@ -162,21 +162,47 @@ def reference_state_dict(model, include_inv_freq: bool = True) -> dict[str, torc
                 merged.setdefault(key, tensor)  # replicated keys: every stage holds a copy
     else:
         merged = stage
-
-    head_dim = config.hidden_size // config.num_attention_heads
-    merged[layout.ROTARY_INV_FREQ] = layout.rotary_inv_freq(head_dim)
-    order = _reference_order(config.num_layers)
+    order = [k for k in layout.reference_keys_for(config.num_layers) if k != layout.ROTARY_INV_FREQ]
     missing = [k for k in order if k not in merged]
     if missing:
         raise CheckpointError(f"gathered state dict lacks {missing[:6]}")
-    out = {k: merged[k] for k in order}
+    return {k: merged[k] for k in order}
+
+
+def reference_state_dict(model, include_inv_freq: bool = True) -> dict[str, torch.Tensor]:
+    """The full reference-layout state dict of ``model`` (collective over TP and PP)."""
+    gathered = gather_reference(model, dict(_parameters(model)))
     if not include_inv_freq:
-        del out[layout.ROTARY_INV_FREQ]
+        return gathered
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    out = {}
+    for key, tensor in gathered.items():
+        out[key] = tensor
+        if key == layout.SIGMA_MAP_KEYS[-1]:
+            out[layout.ROTARY_INV_FREQ] = layout.rotary_inv_freq(head_dim)
     return out
 
 
-def _reference_order(num_layers: int) -> list[str]:
-    keys = [layout.EMBEDDING, *layout.SIGMA_MAP_KEYS, layout.ROTARY_INV_FREQ]
-    for i in range(num_layers):
-        keys += layout.block_keys(i)
-    return keys + list(layout.FINAL_KEYS)
+def reference_grads(model) -> dict[str, torch.Tensor]:
+    """Gradients of ``model`` in the reference layout (``main_grad`` under Megatron DDP)."""
+    grads = {}
+    for name, param in model.named_parameters():
+        grad = getattr(param, "main_grad", None)
+        grads[name] = grad if grad is not None else param.grad
+    return gather_reference(model, grads)
+
+
+def transformer_config_kwargs(published) -> dict:
+    """SEDDTransformerConfig keyword arguments for a published-layout config (plain.SEDDConfig)."""
+    return dict(
+        num_layers=published.n_blocks,
+        hidden_size=published.hidden_size,
+        num_attention_heads=published.n_heads,
+        ffn_hidden_size=4 * published.hidden_size,
+        kv_channels=published.head_dim,
+        graph=published.graph,
+        num_tokens=published.tokens,
+        cond_dim=published.cond_dim,
+        scale_by_sigma=published.scale_by_sigma,
+        hidden_dropout=published.dropout,
+    )

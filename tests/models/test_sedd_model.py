@@ -1,0 +1,46 @@
+"""SEDDModel on Megatron-Core against independent truth: the plain twin and the reference outputs.
+
+Each case launches ``workers/parallel_equivalence.py`` under torchrun (gloo, CPU); see its
+docstring. Independent truth: the plain-PyTorch twin computes forward, loss and gradients without
+Megatron, and the conformance vectors are the reference implementation's own outputs.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFORMANCE_DIR
+from tests.launch import parse_result, run_torchrun
+
+WORKER = Path(__file__).parent / "workers" / "parallel_equivalence.py"
+
+LAYOUTS = {
+    "tp1": (1, ["--tp", "1"]),
+    "tp2": (2, ["--tp", "2"]),
+    "tp2-sp": (2, ["--tp", "2", "--sp"]),
+    "pp2": (2, ["--pp", "2"]),
+}
+CASES = [(m, layout) for m in ("tiny_absorb", "tiny_uniform") for layout in LAYOUTS]
+CASES.append(("tiny_absorb", "tp2-pp2"))
+LAYOUTS["tp2-pp2"] = (4, ["--tp", "2", "--pp", "2"])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("model_name,layout", CASES)
+def test_parallel_layout_matches_plain_twin_and_reference(model_name, layout):
+    nproc, flags = LAYOUTS[layout]
+    out = run_torchrun(WORKER, nproc, [str(CONFORMANCE_DIR / model_name), *flags], timeout=240)
+    result = parse_result(out.stdout)
+
+    assert result["bit_identical_round_trip"], "reference -> Megatron -> reference changed weights"
+    assert result["grads_checked"] == 30
+    # Same computation as the plain twin (vocab-parallel loss included; V' = 1001 is odd).
+    assert result["log_score"] < 1e-5
+    assert result["loss"] < 1e-5
+    assert result["grad_max"] < 1e-5, f"worst gradient: {result['grad_worst']}"
+    # The reference implementation's own outputs on its recorded inputs.
+    for name in ("expected_euler", "expected_analytic"):
+        assert result[f"conformance_log_score_{name}"] < 1e-5
+        # The reference's float32 uniform ratio loses up to ~4e-4 (conformance README).
+        tolerance = 1e-5 if model_name == "tiny_absorb" else 1e-3
+        assert result[f"conformance_loss_{name}"] < tolerance

@@ -1,0 +1,192 @@
+"""Worker: SEDDModel at a given TP/PP/SP layout vs the plain-PyTorch reference twin.
+
+Every rank builds the plain twin from a conformance model (the reference computation, in
+float32 on CPU), loads the same weights into a Megatron SEDDModel through the state-dict adapter,
+runs one forward/backward through Megatron's pipeline schedule and finalize_model_grads, and
+compares log-scores, per-sequence losses and every gradient (gathered to the reference layout)
+with the twin's; it also checks the reference's recorded outputs (conformance vectors) and that
+reference -> Megatron -> reference is bit-identical. Rank 0 prints ``RESULT {json}`` with the
+largest relative errors over all ranks.
+
+    torchrun --nproc_per_node=N parallel_equivalence.py MODEL_DIR --tp T --pp P [--sp]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = b.abs().max().clamp_min(1e-12)
+    return ((a - b).abs().max() / scale).item()
+
+
+def run_pipeline(ddp, x_t, sigma, x0=None, dsigma=None, forward_only=True):
+    """One micro-batch through Megatron's schedule; returns the last stage's model output."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    captured = {}
+
+    def loss_func(output):
+        captured["output"] = output.detach()
+        if dsigma is None:
+            return output.sum() * 0, {}
+        loss = (dsigma[:, None] * output).sum(-1)
+        return loss.mean(), {}
+
+    def forward_step(data_iterator, model_chunk):
+        next(data_iterator)
+        return model_chunk(x_t, sigma, x0=x0), loss_func
+
+    get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter([None]),
+        model=[ddp],
+        num_microbatches=1,
+        seq_length=x_t.shape[1],
+        micro_batch_size=x_t.shape[0],
+        forward_only=forward_only,
+    )
+    return captured.get("output")
+
+
+def gather_vocab(model, shard):
+    """Full-vocabulary log-scores from this rank's shard (padding dropped)."""
+    from megatron.core import parallel_state
+
+    start, end = model.vocab_range()
+    parts = [None] * parallel_state.get_tensor_model_parallel_world_size()
+    torch.distributed.all_gather_object(
+        parts, shard[..., : end - start], group=parallel_state.get_tensor_model_parallel_group()
+    )
+    return torch.cat(parts, dim=-1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--sp", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, destroy_distributed, init_distributed
+
+    init_distributed(tp=args.tp, pp=args.pp, seed=1234)
+
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from safetensors.torch import load_file
+
+    from sedd_megatron.diffusion import get_graph
+    from sedd_megatron.models.sedd import (
+        SEDDModel,
+        SEDDTransformerConfig,
+        get_sedd_layer_spec,
+        padded_vocab_size,
+    )
+    from sedd_megatron.models.sedd import state_dict_adapter as adapter
+    from sedd_megatron.plain import SEDD
+
+    plain = SEDD.from_pretrained(args.model_dir)
+    published = plain.config
+    graph = get_graph(published.graph, published.tokens)
+    batch, length = 2, 16
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, published.tokens, (batch, length), generator=gen)
+    sigma = torch.tensor([0.3, 1.7])
+    dsigma = torch.tensor([1.1, 2.5])
+    x_t = graph.sample_transition(x0, sigma[:, None], generator=gen)
+
+    # Reference: the plain twin in train mode with dropout 0 (deterministic).
+    plain.train()
+    for block in plain.blocks:
+        block.dropout = 0.0
+    ref_log_score = plain(x_t, sigma)
+    se = graph.score_entropy(ref_log_score, sigma[:, None], x_t, x0)
+    ref_loss = (dsigma[:, None] * se).sum(-1)
+    ref_loss.mean().backward()
+    ref_grads = {n: p.grad for n, p in plain.named_parameters()}
+
+    kwargs = adapter.transformer_config_kwargs(published)
+    kwargs.update(hidden_dropout=0.0)
+    config = SEDDTransformerConfig(
+        **kwargs,
+        tensor_model_parallel_size=args.tp,
+        pipeline_model_parallel_size=args.pp,
+        sequence_parallel=args.sp,
+        use_cpu_initialization=True,
+        pipeline_dtype=torch.float32,
+        **CPU_PIPELINE_CONFIG,
+    )
+    model = SEDDModel(
+        config,
+        get_sedd_layer_spec(use_transformer_engine=False),
+        vocab_size=padded_vocab_size(config.vocab_rows, args.tp),
+        max_sequence_length=length,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+    )
+    reference = plain.state_dict()
+    adapter.load_reference_state_dict(model, reference)
+    round_trip = adapter.reference_state_dict(model)
+    bit_identical = list(round_trip) == list(reference) and all(
+        torch.equal(round_trip[k], reference[k]) for k in reference
+    )
+
+    ddp = DistributedDataParallel(
+        config, DistributedDataParallelConfig(use_distributed_optimizer=False), model
+    )
+    config.finalize_model_grads_func = finalize_model_grads
+    ddp.zero_grad_buffer()
+    per_token = run_pipeline(ddp, x_t, sigma, x0=x0, dsigma=dsigma, forward_only=False)
+    grads = adapter.reference_grads(model)
+
+    ddp.eval()
+    last = parallel_state.is_pipeline_last_stage()
+    result = {"bit_identical_round_trip": bit_identical}
+    shard = run_pipeline(ddp, x_t, sigma)
+    if last:
+        loss = (dsigma[:, None] * per_token).sum(-1)
+        result["loss"] = relative_error(loss, ref_loss.detach())
+        result["log_score"] = relative_error(gather_vocab(model, shard), ref_log_score.detach())
+
+    # The reference's own recorded outputs on its recorded inputs.
+    for name in ("expected_euler", "expected_analytic"):
+        expected = load_file(Path(args.model_dir) / f"{name}.safetensors")
+        x_t, sigma, x0 = expected["perturbed"], expected["sigma"], expected["tokens"]
+        shard = run_pipeline(ddp, x_t, sigma)
+        per_token = run_pipeline(ddp, x_t, sigma, x0=x0)
+        if last:
+            log_score = gather_vocab(model, shard)
+            loss = (expected["dsigma"][:, None] * per_token).sum(-1)
+            result[f"conformance_log_score_{name}"] = relative_error(log_score, expected["log_score"])
+            result[f"conformance_loss_{name}"] = relative_error(loss, expected["loss"])
+
+    grad_errors = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}
+    result["grad_max"] = max(grad_errors.values())
+    result["grad_worst"] = max(grad_errors, key=grad_errors.get)
+    result["grads_checked"] = len(grad_errors)
+
+    everything = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everything, result)
+    if torch.distributed.get_rank() == 0:
+        merged = {}
+        for part in everything:
+            for key, value in part.items():
+                if isinstance(value, bool):
+                    merged[key] = merged.get(key, True) and value
+                elif isinstance(value, float):
+                    merged[key] = max(merged.get(key, 0.0), value)
+                else:
+                    merged.setdefault(key, value)
+        print("RESULT " + json.dumps(merged), flush=True)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
