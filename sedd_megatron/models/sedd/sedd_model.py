@@ -12,6 +12,8 @@ import torch
 from megatron.core import tensor_parallel
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.common.language_module.language_module import LanguageModule
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock
 
@@ -190,7 +192,9 @@ class SEDDModel(LanguageModule):
         return logits
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
-        sharded = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        # LanguageModule's version handles GPT's tied output weights, which SEDD does not have.
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        sharded = MegatronModule.sharded_state_dict(self, prefix, sharded_offsets, metadata)
         # Megatron pads the vocabulary to a multiple that depends on TP: let checkpoints reshard.
         for key in ("output_layer.linear.weight", "output_layer.linear.bias"):
             if self.post_process and f"{prefix}{key}" in sharded:

@@ -1,0 +1,1 @@
+"""Training SEDD with megatron.training.pretrain: arguments, EMA, forward step, hooks."""

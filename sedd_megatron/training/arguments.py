@@ -1,0 +1,206 @@
+"""Command-line arguments of pretrain_sedd.py: Megatron's flags, a SEDD group, YAML configs.
+
+Where the user sets nothing, defaults follow the reference SEDD training (SEDD_SPEC.md section 7):
+AdamW (0.9, 0.999), eps 1e-8, weight decay 0, lr 3e-4 with 2500 warm-up steps then constant,
+gradient clipping 1.0, hidden dropout 0.1, no attention dropout, EMA 0.9999. Every default can be
+overridden by a YAML config (``--config FILE``) or on the command line; the command line wins.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+# Megatron argument dest -> reference default. Applied as parser defaults, so any explicit flag
+# (command line or YAML) overrides them.
+REFERENCE_DEFAULTS = dict(
+    optimizer="adam",
+    adam_beta1=0.9,
+    adam_beta2=0.999,
+    adam_eps=1e-8,
+    weight_decay=0.0,
+    lr=3e-4,
+    lr_decay_style="constant",
+    lr_warmup_iters=2500,
+    clip_grad=1.0,
+    hidden_dropout=0.1,
+    attention_dropout=0.0,
+    position_embedding_type="rope",
+    rotary_base=10000,
+    normalization="LayerNorm",
+    layernorm_epsilon=1e-5,
+    add_bias_linear=False,
+    untie_embeddings_and_output_weights=True,
+    tokenizer_type="GPT2BPETokenizer",
+)
+
+
+def accelerator_defaults() -> dict:
+    """Defaults that depend on the machine: TE layers, Apex's fused wgrad kernel, NCCL or gloo."""
+    import importlib.util
+
+    have_te = importlib.util.find_spec("transformer_engine") is not None
+    have_wgrad = importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+    import torch
+
+    return dict(
+        distributed_backend="nccl" if torch.cuda.is_available() else "gloo",
+        transformer_impl="transformer_engine" if have_te else "local",
+        gradient_accumulation_fusion=have_wgrad,
+        apply_rope_fusion=have_te,
+        masked_softmax_fusion=False,
+        bias_gelu_fusion=False,
+        bias_dropout_fusion=False,
+    )
+
+
+class ConfigError(ValueError):
+    """A bad --config file or a SEDD flag that contradicts the model."""
+
+
+def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Megatron ``extra_args_provider``: the SEDD argument group plus reference defaults."""
+    group = parser.add_argument_group(title="SEDD (score entropy discrete diffusion)")
+    group.add_argument("--sedd-graph", choices=("absorb", "uniform"), default="absorb",
+                       help="forward process: absorbing (MASK token) or uniform")
+    group.add_argument("--sedd-noise", choices=("loglinear", "geometric"), default=None,
+                       help="noise schedule (default: loglinear for absorb, geometric for uniform)")
+    group.add_argument("--sedd-sigma-min", type=float, default=1e-4,
+                       help="geometric schedule: total noise at t=0")
+    group.add_argument("--sedd-sigma-max", type=float, default=20.0,
+                       help="geometric schedule: total noise at t=1")
+    group.add_argument("--sedd-sampling-eps", type=float, default=1e-3,
+                       help="training draws t ~ U(eps, 1)")
+    group.add_argument("--sedd-cond-dim", type=int, default=128,
+                       help="width of the noise-level conditioning vector")
+    group.add_argument("--sedd-scale-by-sigma", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="absorb output shift by -log(e^sigma - 1) (default: on for absorb)")
+    group.add_argument("--ema-decay", type=float, default=0.9999,
+                       help="EMA decay of the weights (0 disables EMA)")
+    group.add_argument("--no-eval-with-ema", dest="eval_with_ema", action="store_false",
+                       help="evaluate with the raw weights instead of the EMA weights")
+    group.add_argument("--sedd-metrics-file", type=str, default=None,
+                       help="append per-step JSON lines (iteration, loss, grad norm, lr) here")
+    parser.set_defaults(**REFERENCE_DEFAULTS, **accelerator_defaults())
+    return parser
+
+
+def validate_sedd_args(args) -> None:
+    """Fill derived SEDD defaults and reject flags that contradict the SEDD architecture."""
+    if args.sedd_noise is None:
+        args.sedd_noise = "loglinear" if args.sedd_graph == "absorb" else "geometric"
+    if args.sedd_scale_by_sigma is None:
+        args.sedd_scale_by_sigma = args.sedd_graph == "absorb"
+    problems = []
+    if args.sedd_scale_by_sigma and args.sedd_graph != "absorb":
+        problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")
+    if not 0.0 <= args.ema_decay < 1.0:
+        problems.append(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not 0.0 < args.sedd_sampling_eps < 1.0:
+        problems.append(f"--sedd-sampling-eps must be in (0, 1), got {args.sedd_sampling_eps}")
+    if not 0.0 < args.sedd_sigma_min < args.sedd_sigma_max:
+        problems.append("need 0 < --sedd-sigma-min < --sedd-sigma-max")
+    if args.sedd_cond_dim <= 0:
+        problems.append(f"--sedd-cond-dim must be positive, got {args.sedd_cond_dim}")
+    if args.position_embedding_type != "rope":
+        problems.append("SEDD uses rotary embeddings: --position-embedding-type must be rope")
+    if getattr(args, "swiglu", False) or getattr(args, "squared_relu", False):
+        problems.append("SEDD's MLP is GELU (tanh): drop --swiglu / --squared-relu")
+    if args.normalization != "LayerNorm":
+        problems.append("SEDD uses LayerNorm: --normalization must be LayerNorm")
+    if getattr(args, "group_query_attention", False):
+        problems.append("SEDD uses multi-head attention: drop --group-query-attention")
+    if getattr(args, "num_experts", None):
+        problems.append("SEDD has a dense MLP: drop --num-experts")
+    if args.context_parallel_size > 1:
+        problems.append(
+            "context parallelism is not supported for SEDD yet: it needs Transformer Engine's "
+            "bidirectional context-parallel attention, which this release does not wire up; "
+            "use --context-parallel-size 1"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def expand_config_argv(argv: list[str]) -> list[str]:
+    """Replace ``--config FILE`` by the flags the YAML file lists, placed before the others.
+
+    The YAML maps flag names (``num-layers`` or ``num_layers``) to values: a scalar gives
+    ``--flag value``, a list ``--flag v1 v2``, ``true`` gives ``--flag`` and ``false`` omits it
+    (or gives ``--no-flag`` for SEDD's on/off flags). Flags given on the command line come after
+    the YAML's, so they win.
+    """
+    argv = list(argv)
+    configs = []
+    rest = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a YAML file")
+            configs.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            configs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    expanded = []
+    for path in configs:
+        expanded += yaml_to_argv(path)
+    return expanded + rest
+
+
+_NEGATABLE = {"sedd-scale-by-sigma"}
+
+
+def yaml_to_argv(path: str) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    tokens = []
+    for key, value in data.items():
+        if not isinstance(key, str) or not key.strip("-"):
+            raise ConfigError(f"--config {path}: bad flag name {key!r}")
+        flag = key.strip("-").replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                tokens.append(f"--{flag}")
+            elif flag in _NEGATABLE:
+                tokens.append(f"--no-{flag}")
+        elif isinstance(value, list):
+            tokens += [f"--{flag}", *(str(v) for v in value)]
+        elif value is None:
+            continue
+        elif isinstance(value, int | float | str):
+            tokens += [f"--{flag}", str(value)]
+        else:
+            raise ConfigError(f"--config {path}: value of {key!r} must be a scalar or a list")
+    return tokens
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse Megatron + SEDD arguments (with --config expansion) and validate them.
+
+    Megatron's parser reads sys.argv, so the expanded argument list is put there first.
+    Returns Megatron's global ``args`` after ``validate_args`` and ``validate_sedd_args``.
+    """
+    from megatron.training.arguments import parse_and_validate_args
+
+    argv = sys.argv[1:] if argv is None else argv
+    sys.argv = [sys.argv[0], *expand_config_argv(argv)]
+    args = parse_and_validate_args(extra_args_provider=add_sedd_args)
+    validate_sedd_args(args)
+    return args

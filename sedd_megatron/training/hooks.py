@@ -1,0 +1,108 @@
+"""The two places where SEDD training hooks into megatron.training.pretrain (0.19.2).
+
+pretrain() has no callback after the optimizer step nor around evaluation, so
+:func:`install_training_hooks` wraps two of its module-level functions:
+
+- ``setup_model_and_optimizer``: the returned optimizer's ``step`` is wrapped so that every
+  successful step updates the EMA weights (and appends to ``--sedd-metrics-file``);
+- ``evaluate``: runs with the EMA weights swapped in (unless ``--no-eval-with-ema``), so the
+  validation loss is the ELBO estimate of the weights we export.
+
+Both wrappers call the original function unchanged; nothing else in Megatron is altered.
+"""
+
+import contextlib
+import functools
+import time
+
+import torch
+
+from sedd_megatron.training.ema import find_ema
+from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl
+
+_INSTALLED = {"done": False}
+#: What this process saw: per-step training records and validation losses (nats/token).
+HISTORY = {"train": [], "valid": []}
+
+
+def _record_validation(result, args) -> None:
+    total_loss_dict = result[0] if isinstance(result, tuple) else result
+    loss = (total_loss_dict or {}).get("lm loss")
+    if loss is not None:
+        HISTORY["valid"].append({"iteration": args.curr_iteration, "loss": float(loss)})
+
+
+def _emas(model_chunks):
+    return [e for e in (find_ema(chunk) for chunk in model_chunks) if e is not None]
+
+
+def _wrap_optimizer_step(optimizer, model_chunks, args):
+    original_step = optimizer.step
+    emas = _emas(model_chunks)
+
+    @functools.wraps(original_step)
+    def step(*a, **kw):
+        result = original_step(*a, **kw)
+        update_successful, grad_norm = result[0], result[1]
+        step_number = args.curr_iteration + 1  # optimizer steps done, counting this one
+        if update_successful:
+            for ema in emas:
+                ema.update(step_number)
+        device = next(model_chunks[0].parameters()).device
+        record = {
+            "iteration": step_number,
+            "loss": STEP_METRICS.global_loss(device),
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "lr": optimizer.param_groups[0]["lr"] if optimizer.param_groups else None,
+            "update_successful": bool(update_successful),
+        }
+        STEP_METRICS.reset()
+        HISTORY["train"].append({**record, "time": time.time()})
+        if args.sedd_metrics_file and torch.distributed.get_rank() == 0:
+            append_jsonl(args.sedd_metrics_file, record)
+        return result
+
+    optimizer.step = step
+
+
+def install_training_hooks() -> None:
+    """Wrap megatron.training.training's setup_model_and_optimizer and evaluate (idempotent)."""
+    if _INSTALLED["done"]:
+        return
+    from megatron.training import get_args
+    from megatron.training import training as mt
+
+    original_setup = mt.setup_model_and_optimizer
+    original_evaluate = mt.evaluate
+
+    @functools.wraps(original_setup)
+    def setup_model_and_optimizer(*a, **kw):
+        model, optimizer, scheduler = original_setup(*a, **kw)
+        if optimizer is not None:
+            _wrap_optimizer_step(optimizer, model, get_args())
+        return model, optimizer, scheduler
+
+    @functools.wraps(original_evaluate)
+    def evaluate(forward_step_func, data_iterator, model, *a, **kw):
+        args = get_args()
+        emas = _emas(model) if args.eval_with_ema else []
+        if not emas:
+            result = original_evaluate(forward_step_func, data_iterator, model, *a, **kw)
+            _record_validation(result, args)
+            return result
+        with _all_swapped(emas):
+            result = original_evaluate(forward_step_func, data_iterator, model, *a, **kw)
+        _record_validation(result, args)
+        return result
+
+    mt.setup_model_and_optimizer = setup_model_and_optimizer
+    mt.evaluate = evaluate
+    _INSTALLED["done"] = True
+
+
+@contextlib.contextmanager
+def _all_swapped(emas):
+    with contextlib.ExitStack() as stack:
+        for ema in emas:
+            stack.enter_context(ema.swapped_in())
+        yield

@@ -1,0 +1,138 @@
+"""Model provider, forward step and loss for pretrain_sedd.py (megatron.training.pretrain).
+
+The noise of each micro-batch (t ~ U(eps, 1) and x_t ~ p_t(.|x0)) is drawn from a generator
+seeded by (seed, iteration, micro-batch index, data-parallel rank, train/eval). Every tensor- and
+pipeline-parallel rank of a replica therefore draws the same t and x_t without communication, and
+a resumed run draws exactly what an uninterrupted one would.
+
+The gradient is that of the reference objective, the mean over sequences of
+sum_l dsigma(t) * SE_l (so gradient clipping acts as in the reference); the reported
+``lm loss`` is the same quantity per token, in nats.
+"""
+
+import copy
+from functools import partial
+
+import numpy as np
+import torch
+
+from sedd_megatron.diffusion import get_graph, get_noise, sample_t
+from sedd_megatron.models.sedd import (
+    SEDDModel,
+    SEDDTransformerConfig,
+    get_sedd_layer_spec,
+    padded_vocab_size,
+)
+from sedd_megatron.training.ema import attach_ema
+from sedd_megatron.training.metrics import STEP_METRICS
+
+
+def sedd_config_from_args(args, num_tokens: int) -> SEDDTransformerConfig:
+    """SEDDTransformerConfig from Megatron args plus the SEDD argument group."""
+    from megatron.training.argument_utils import core_transformer_config_from_args
+
+    namespace = copy.copy(args)
+    namespace.graph = args.sedd_graph
+    namespace.num_tokens = num_tokens
+    namespace.cond_dim = args.sedd_cond_dim
+    namespace.scale_by_sigma = args.sedd_scale_by_sigma
+    return core_transformer_config_from_args(namespace, config_class=SEDDTransformerConfig)
+
+
+def num_data_tokens() -> int:
+    from megatron.training import get_tokenizer
+
+    return get_tokenizer().vocab_size
+
+
+def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
+                   pg_collection=None) -> SEDDModel:  # fmt: skip
+    """Build this pipeline stage's SEDDModel (with EMA weights attached unless disabled)."""
+    from megatron.training import get_args
+
+    args = get_args()
+    if not isinstance(config, SEDDTransformerConfig):
+        config = sedd_config_from_args(args, num_data_tokens())
+    use_te = args.transformer_impl == "transformer_engine"
+    model = SEDDModel(
+        config,
+        get_sedd_layer_spec(use_transformer_engine=use_te),
+        vocab_size=padded_vocab_size(
+            config.vocab_rows, args.tensor_model_parallel_size, args.make_vocab_size_divisible_by
+        ),
+        max_sequence_length=args.seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        vp_stage=vp_stage,
+        pg_collection=pg_collection,
+    )
+    if args.ema_decay > 0:
+        attach_ema(model, args.ema_decay)
+    return model
+
+
+class NoiseStream:
+    """Per-micro-batch generators, identical across TP/PP ranks of one data-parallel replica."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.key = None
+        self.index = 0
+
+    def generator(self, iteration: int, training: bool, dp_rank: int, device) -> torch.Generator:
+        key = (iteration, training)
+        self.index = self.index + 1 if key == self.key else 0
+        self.key = key
+        entropy = [self.seed, iteration, self.index, dp_rank, int(training)]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+        return torch.Generator(device=device).manual_seed(seed)
+
+
+def _device():
+    return torch.device(torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+
+
+def make_forward_step(args):
+    """The ``forward_step_func`` for ``pretrain``."""
+    from megatron.core import parallel_state as ps
+
+    from sedd_megatron.datasets.sedd_dataset import get_batch_tokens
+
+    graph = get_graph(args.sedd_graph, num_data_tokens())
+    noise = get_noise(args.sedd_noise, sigma_min=args.sedd_sigma_min, sigma_max=args.sedd_sigma_max)
+    stream = NoiseStream(args.seed)
+
+    def forward_step(data_iterator, model):
+        unwrapped = model
+        while hasattr(unwrapped, "module"):
+            unwrapped = unwrapped.module
+        pre, post = unwrapped.pre_process, unwrapped.post_process
+        device = _device()
+        tokens = None
+        if pre or post:
+            tokens = get_batch_tokens(data_iterator, args.micro_batch_size, args.seq_length)
+            tokens = tokens.to(device)
+        gen = stream.generator(
+            getattr(args, "curr_iteration", 0) or 0,
+            model.training,
+            ps.get_data_parallel_rank(),
+            device,
+        )
+        t = sample_t(args.micro_batch_size, args.sedd_sampling_eps, device=device, generator=gen)
+        sigma, dsigma = noise(t)
+        x_t = None if tokens is None else graph.sample_transition(tokens, sigma[:, None], gen)
+        output = model(x_t, sigma, x0=tokens if post else None)
+        return output, partial(loss_func, dsigma)
+
+    return forward_step
+
+
+def loss_func(dsigma: torch.Tensor, per_token_se: torch.Tensor):
+    """Megatron loss function: (per-sequence-mean numerator, its count, the reported nats/token)."""
+    per_token = dsigma[:, None].to(per_token_se.dtype) * per_token_se
+    total = per_token.sum()
+    sequences, tokens = per_token.shape
+    STEP_METRICS.add(total.detach(), tokens * sequences)
+    report = torch.stack([total.detach().clone(), torch.tensor(float(sequences * tokens),
+                                                              device=total.device)])  # fmt: skip
+    return total, torch.tensor(sequences, dtype=torch.int, device=total.device), {"lm loss": report}
