@@ -1,0 +1,29 @@
+"""Opt-in runtime support: Megatron-Core on CPU over gloo, and fixes for upstream Megatron bugs.
+
+Nothing here acts on import: torch is patched only when :func:`enable_cpu_megatron` is called,
+and Megatron is imported only by the functions that need it.
+
+- :func:`enable_cpu_megatron` lets ``megatron.core`` and ``megatron.training.pretrain()`` run
+  on a CPU-only machine (a development/CI path, not a training platform).
+- :func:`apply_upstream_fixes` repairs the distributed optimizer's resume with torch Adam.
+- :func:`init_distributed` / :func:`destroy_distributed` set up gloo + Megatron model-parallel
+  state from torchrun's environment, for tests and small scripts.
+"""
+
+from sedd_megatron.runtime.cpu import enable_cpu_megatron, is_cpu_megatron_enabled
+from sedd_megatron.runtime.distributed import (
+    CPU_PIPELINE_CONFIG,
+    destroy_distributed,
+    init_distributed,
+)
+from sedd_megatron.runtime.upstream_fixes import apply_upstream_fixes, uses_torch_adam_fallback
+
+__all__ = [
+    "CPU_PIPELINE_CONFIG",
+    "apply_upstream_fixes",
+    "destroy_distributed",
+    "enable_cpu_megatron",
+    "init_distributed",
+    "is_cpu_megatron_enabled",
+    "uses_torch_adam_fallback",
+]

@@ -1,0 +1,78 @@
+"""Set up and tear down torch.distributed + Megatron model-parallel state for tests and scripts.
+
+:func:`init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``); without it, it starts a one-process world. On a machine
+without CUDA it calls :func:`~sedd_megatron.runtime.enable_cpu_megatron` and uses gloo.
+
+Pipeline parallelism on CPU: merge :data:`CPU_PIPELINE_CONFIG` into the model config
+(``TransformerConfig(**CPU_PIPELINE_CONFIG, ...)``). With the config default
+``batch_p2p_comm=True``, *interleaved* (virtual) pipeline parallelism at PP=2 over gloo gives
+silently wrong losses and gradients (batched sends/receives between the same two ranks).
+``pretrain()`` derives ``batch_p2p_comm = not overlap_p2p_comm`` and overlap is on by default
+for interleaved schedules, so there: do not pass ``--no-overlap-p2p-communication`` on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+
+from sedd_megatron.runtime.cpu import enable_cpu_megatron
+
+#: Model-config overrides every CPU (gloo) pipeline-parallel configuration needs.
+CPU_PIPELINE_CONFIG = {"batch_p2p_comm": False}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(
+    tp: int = 1,
+    pp: int = 1,
+    seed: int = 1234,
+    vpp: int | None = None,
+    cp: int = 1,
+    timeout_s: float = 120.0,
+) -> None:
+    """Initialise the default process group, Megatron's parallel state and its RNG seeds.
+
+    ``tp``/``pp``/``vpp``/``cp`` are the tensor, pipeline, virtual-pipeline and context parallel
+    sizes; data parallelism takes the rest of the world. Seeding follows Megatron: the default
+    generator gets ``seed``, the tensor-parallel RNG state ``seed + 2718 + tp_rank``.
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    on_cpu = enable_cpu_megatron()
+    if not torch.distributed.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if not on_cpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(
+            backend="gloo" if on_cpu else "nccl", timeout=timedelta(seconds=timeout_s)
+        )
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp,
+        context_parallel_size=cp,
+    )
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_distributed() -> None:
+    """Undo :func:`init_distributed`: drop Megatron's groups, then the default process group."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
