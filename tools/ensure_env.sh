@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment at .venv/ with Python 3.12 and install the
-# package with the extras named in $SEDD_EXTRAS (default: test). Safe to run again: it reinstalls only
+# package with the extras named in $SEDD_EXTRAS (default: test,corpus). Safe to run again: it
+# reinstalls only
 # when setup.py changed since the last successful install.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
-extras="${SEDD_EXTRAS:-test}"
+extras="${SEDD_EXTRAS:-test,corpus}"
 
 is_py312() { "$1" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else 1)' 2>/dev/null; }
 

@@ -114,6 +114,13 @@ def validate_sedd_args(args) -> None:
         problems.append("SEDD uses multi-head attention: drop --group-query-attention")
     if getattr(args, "num_experts", None):
         problems.append("SEDD has a dense MLP: drop --num-experts")
+    decay_iters = args.lr_decay_iters or args.train_iters
+    if decay_iters is not None and args.lr_warmup_iters >= decay_iters:
+        problems.append(
+            f"--lr-warmup-iters ({args.lr_warmup_iters}) must be smaller than the decay "
+            f"horizon (--lr-decay-iters or --train-iters: {decay_iters}); the reference default "
+            "is 2500 warm-up iterations"
+        )
     if args.context_parallel_size > 1:
         problems.append(
             "context parallelism is not supported for SEDD yet: it needs Transformer Engine's "
@@ -194,13 +201,23 @@ def yaml_to_argv(path: str) -> list[str]:
 def parse_args(argv: list[str] | None = None):
     """Parse Megatron + SEDD arguments (with --config expansion) and validate them.
 
-    Megatron's parser reads sys.argv, so the expanded argument list is put there first.
-    Returns Megatron's global ``args`` after ``validate_args`` and ``validate_sedd_args``.
+    Megatron's parser reads sys.argv, so the expanded argument list is put there first. SEDD's
+    checks run before Megatron's validation so that a contradicting flag is reported at once.
+    Returns Megatron's global ``args`` (validated, global variables set).
     """
-    from megatron.training.arguments import parse_and_validate_args
+    from megatron.training import arguments as margs
+    from megatron.training.global_vars import set_global_variables
 
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *expand_config_argv(argv)]
-    args = parse_and_validate_args(extra_args_provider=add_sedd_args)
+    args = margs.parse_args(extra_args_provider=add_sedd_args)
+    if args.yaml_cfg is not None:
+        raise ConfigError("use --config FILE.yaml (SEDD's flag files), not Megatron's --yaml-cfg")
     validate_sedd_args(args)
+    if args.use_checkpoint_args:
+        from megatron.training.checkpointing import load_args_from_checkpoint
+
+        load_args_from_checkpoint(args)
+    margs.validate_args(args, {})
+    set_global_variables(args)
     return args

@@ -23,17 +23,20 @@ def vocab_parallel_score_entropy(
     x_t: torch.Tensor,
     x0: torch.Tensor,
     vocab_offset: int,
+    num_valid: int,
     tp_group,
 ) -> torch.Tensor:
     """Per-token score entropy [b, s] from this rank's log-score columns.
 
     Args:
-        log_score_shard: [b, s, n] log-scores of vocabulary rows [vocab_offset, vocab_offset + n)
-            (padding rows already removed).
+        log_score_shard: [b, s, n] log-scores of vocabulary rows [vocab_offset, vocab_offset + n);
+            columns from ``num_valid`` on are vocabulary padding (finite, ignored).
         sigma: total noise [b].
     """
     graph = get_graph(graph_name, num_tokens)
-    stats = graph.score_entropy_stats(log_score_shard, x_t, x0, vocab_offset=vocab_offset)
+    stats = graph.score_entropy_stats(
+        log_score_shard, x_t, x0, vocab_offset=vocab_offset, num_valid=num_valid
+    )
     if tp_group.size() > 1:
         stats = stats.map(lambda s: reduce_from_tensor_model_parallel_region(s, group=tp_group))
     return graph.score_entropy_from_stats(stats, sigma[:, None], x_t, x0)

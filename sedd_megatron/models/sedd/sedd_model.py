@@ -155,41 +155,46 @@ class SEDDModel(LanguageModule):
         if not self.post_process:
             return hidden
 
-        logits = self.output_layer(hidden, cond).transpose(0, 1).float()  # [b, s, V/tp]
-        log_score = self._postprocess(logits, input_ids, sigma)
+        logits = self.output_layer(hidden, cond).float()  # [s, b, V/tp]
         if x0 is None:
-            return log_score
+            return self._postprocess(logits, input_ids, sigma, padding=float("-inf"))
         start, end = self.vocab_range()
         return vocab_parallel_score_entropy(
             self.config.graph,
             self.config.num_tokens,
-            log_score[..., : end - start],
+            self._postprocess(logits, input_ids, sigma, padding=0.0),
             sigma,
             input_ids,
             x0,
             vocab_offset=start,
+            num_valid=end - start,
             tp_group=self.tp_group,
         )
 
-    def _postprocess(self, logits, x_t, sigma) -> torch.Tensor:
-        """sigma-scaling (absorb), log-score 0 at the current token, -inf on padded rows."""
+    def _postprocess(self, logits, x_t, sigma, padding: float) -> torch.Tensor:
+        """sigma-scaling (absorb), log-score 0 at the current token, ``padding`` on padded rows
+        (-inf for callers; a finite value for the loss, which is told to skip those columns).
+
+        Works in place on the fresh [s, b, V/tp] output-layer activations (none of these ops'
+        backward needs them; in-place on a view would make autograd copy the whole tensor) and
+        returns the [b, s, V/tp] view.
+        """
         start, end = self.vocab_range()
         if self.config.scale_by_sigma:
             sigma = sigma.float()
             esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
             shift = esigm1.log() + math.log(self.config.vocab_rows - 1)
-            logits = logits - shift[:, None, None]
-        # Set the log-score at the current token to exactly 0 where that token is in this shard;
-        # elsewhere write the value back unchanged (gradients flow through the gather).
-        local = x_t - start
+            logits.sub_(shift[None, :, None])
+        # The log-score at the current token is exactly 0 (where that token is in this shard).
+        local = x_t.t() - start
         here = ((local >= 0) & (local < end - start))[..., None]
         index = local.clamp(0, logits.shape[-1] - 1)[..., None]
-        current = torch.where(here, 0.0, logits.gather(-1, index))
-        logits = logits.scatter(-1, index, current)
+        current = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        logits.masked_fill_(current.scatter_(-1, index, here), 0.0)
         if end - start < logits.shape[-1]:
             padded = torch.arange(logits.shape[-1], device=logits.device) >= end - start
-            logits = logits.masked_fill(padded, float("-inf"))
-        return logits
+            logits.masked_fill_(padded, padding)
+        return logits.transpose(0, 1)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
         # LanguageModule's version handles GPT's tied output weights, which SEDD does not have.

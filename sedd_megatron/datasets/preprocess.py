@@ -1,0 +1,236 @@
+"""Tokenize text or JSONL files into Megatron indexed datasets (``PREFIX.bin`` + ``PREFIX.idx``).
+
+Every document becomes one sequence of token ids followed by the tokenizer's end-of-document
+id. Input is checked before any work starts (missing/empty files, output directory); document
+errors (invalid JSON, missing key, bad encoding, ids outside the vocabulary) stop the run with a
+:class:`DataError` naming the file and line. Output is written under temporary names and renamed
+into place only when complete, so a failed run leaves no ``.bin``/``.idx`` behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy
+
+from sedd_megatron.datasets.errors import DataError
+from sedd_megatron.datasets.tokenizers import TextTokenizer
+
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+_BATCH_DOCS = 128
+
+
+@dataclass
+class Doc:
+    key: str
+    text: str
+    where: str  # "file:line" for error messages
+
+
+@dataclass
+class PreprocessStats:
+    prefixes: dict[str, str] = field(default_factory=dict)  # key -> output prefix
+    documents: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)  # including the EOS tokens
+    skipped_empty: int = 0
+
+
+def iter_documents(
+    path: str, json_keys: Sequence[str] | None, per_line: bool, encoding: str = "utf-8"
+) -> Iterator[Doc]:
+    """Yield the documents of one input file. JSONL when ``json_keys`` is set (one document per
+    key per line); text otherwise: the whole file, or each non-blank line when ``per_line``."""
+    try:
+        with open(path, encoding=encoding, newline="") as f:
+            if not json_keys and not per_line:
+                yield Doc("text", f.read(), path)
+                return
+            for lineno, line in enumerate(f, start=1):
+                where = f"{path}:{lineno}"
+                if json_keys:
+                    yield from _json_docs(line, json_keys, where)
+                elif line.strip():
+                    yield Doc("text", line.rstrip("\r\n"), where)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid {encoding} text (byte {e.start}): {e.reason}") from None
+
+
+def _json_docs(line: str, json_keys: Sequence[str], where: str) -> Iterator[Doc]:
+    if not line.strip():
+        return
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key in json_keys:
+        if key not in record:
+            found = ", ".join(sorted(record)) or "none"
+            raise DataError(f"{where}: JSON key {key!r} missing (keys found: {found})")
+        if not isinstance(record[key], str):
+            raise DataError(f"{where}: JSON key {key!r} is not a string")
+        yield Doc(key, record[key], where)
+
+
+def check_inputs(inputs: Sequence[str], output_prefix: str) -> None:
+    """Fail early on a missing or empty input or a missing output directory."""
+    if not inputs:
+        raise DataError("no input files given")
+    for path in inputs:
+        if not os.path.exists(path):
+            raise DataError(f"input file not found: {path}")
+        if not os.path.isfile(path):
+            raise DataError(f"input is not a regular file: {path}")
+        if os.path.getsize(path) == 0:
+            raise DataError(f"input file is empty: {path}")
+    out_dir = os.path.dirname(os.path.abspath(output_prefix))
+    if not os.path.isdir(out_dir):
+        raise DataError(f"output directory does not exist: {out_dir} (for {output_prefix})")
+
+
+_WORKER_TOKENIZER: TextTokenizer | None = None
+
+
+def _init_worker(tokenizer: TextTokenizer) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _encode_batch(texts: list[str]) -> list[list[int]]:
+    return [_WORKER_TOKENIZER.encode(t) for t in texts]
+
+
+def _batches(docs: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
+    while batch := list(itertools.islice(docs, size)):
+        yield batch
+
+
+def preprocess(
+    inputs: Sequence[str],
+    output_prefix: str,
+    tokenizer: TextTokenizer,
+    *,
+    json_keys: Sequence[str] | None = None,
+    per_line: bool = False,
+    workers: int = 1,
+    encoding: str = "utf-8",
+    progress: bool = True,
+) -> PreprocessStats:
+    """Tokenize ``inputs`` into ``output_prefix``.bin/.idx, appending EOS to every document.
+
+    Files ending in .json/.jsonl/.ndjson are JSONL with ``json_keys`` (default ``["text"]``);
+    other files are text (one document per file, or per non-blank line with ``per_line``). With
+    several JSON keys, each key gets its own dataset ``{output_prefix}_{key}``. Empty documents
+    are skipped. ``workers`` > 1 tokenizes in that many processes; the output is identical."""
+    inputs = [os.fspath(p) for p in inputs]
+    output_prefix = os.fspath(output_prefix)
+    check_inputs(inputs, output_prefix)
+    is_json = [bool(json_keys) or p.lower().endswith(JSON_SUFFIXES) for p in inputs]
+    keys = list(json_keys or ["text"]) if any(is_json) else ["text"]
+    if any(is_json) and not all(is_json) and keys != ["text"]:
+        raise DataError("mixing text and JSONL inputs needs json_keys == ['text']")
+    prefixes = {k: output_prefix if len(keys) == 1 else f"{output_prefix}_{k}" for k in keys}
+    docs = itertools.chain.from_iterable(
+        iter_documents(p, keys if j else None, per_line, encoding)
+        for p, j in zip(inputs, is_json, strict=True)
+    )
+    writer = _Writers(prefixes, tokenizer.vocab_size)
+    stats = PreprocessStats(prefixes=dict(prefixes))
+    try:
+        _run(docs, tokenizer, workers, writer, stats, progress)
+        if not any(stats.documents.values()):
+            raise DataError(f"no non-empty documents in {', '.join(inputs)}")
+        writer.commit()
+    finally:
+        writer.discard()
+    return stats
+
+
+def _run(docs, tokenizer, workers, writer, stats, progress) -> None:
+    from tqdm import tqdm
+
+    pool = None
+    if workers > 1:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,))
+    _init_worker(tokenizer)
+    try:
+        batches = _batches(docs, _BATCH_DOCS)
+        if pool is None:
+            results = ((b, _encode_batch([d.text for d in b])) for b in batches)
+        else:
+            results = _encode_in_pool(pool, batches, window=4 * workers)
+        desc = f"tokenizing {os.path.basename(writer.final[next(iter(writer.final))])}"
+        with tqdm(unit="doc", desc=desc, disable=not progress, mininterval=1) as bar:
+            for batch, ids_list in results:
+                for doc, ids in zip(batch, ids_list, strict=True):
+                    if not doc.text:
+                        stats.skipped_empty += 1
+                        continue
+                    _check_ids(ids, tokenizer.vocab_size, doc.where)
+                    n = writer.add(doc.key, ids + [tokenizer.eos_id])
+                    stats.documents[doc.key] = stats.documents.get(doc.key, 0) + 1
+                    stats.tokens[doc.key] = stats.tokens.get(doc.key, 0) + n
+                bar.update(len(batch))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _encode_in_pool(pool, batches, window: int):
+    """Encode batches in worker processes, in order; parsing stays in this process and thread."""
+    pending: deque = deque()
+    for batch in batches:
+        pending.append((batch, pool.apply_async(_encode_batch, ([d.text for d in batch],))))
+        if len(pending) >= window:
+            batch, result = pending.popleft()
+            yield batch, result.get()
+    while pending:
+        batch, result = pending.popleft()
+        yield batch, result.get()
+
+
+def _check_ids(ids: list[int], vocab_size: int, where: str) -> None:
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = next(i for i in ids if i < 0 or i >= vocab_size)
+        raise DataError(f"{where}: token id {bad} outside the vocabulary (size {vocab_size})")
+
+
+class _Writers:
+    """One IndexedDatasetBuilder per key, on temporary names until :meth:`commit`."""
+
+    def __init__(self, prefixes: dict[str, str], vocab_size: int) -> None:
+        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+        self.dtype = DType.optimal_dtype(vocab_size)
+        self.tmp = {k: f"{p}.tmp{os.getpid()}" for k, p in prefixes.items()}
+        self.final = dict(prefixes)
+        self.builders = {
+            k: IndexedDatasetBuilder(t + ".bin", dtype=self.dtype) for k, t in self.tmp.items()
+        }
+
+    def add(self, key: str, ids: list[int]) -> int:
+        self.builders[key].add_document(numpy.asarray(ids, dtype=self.dtype), [len(ids)])
+        return len(ids)
+
+    def commit(self) -> None:
+        for key, builder in self.builders.items():
+            builder.finalize(self.tmp[key] + ".idx")
+        for key, tmp in self.tmp.items():  # .bin first: a reader needs the .idx to start
+            os.replace(tmp + ".bin", self.final[key] + ".bin")
+            os.replace(tmp + ".idx", self.final[key] + ".idx")
+
+    def discard(self) -> None:
+        for key, tmp in self.tmp.items():
+            self.builders[key].data_file.close()
+            for suffix in (".bin", ".idx"):
+                if os.path.exists(tmp + suffix):
+                    os.remove(tmp + suffix)

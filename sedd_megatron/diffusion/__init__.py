@@ -1,0 +1,46 @@
+"""SEDD diffusion math in pure PyTorch (no Megatron): graphs, noise schedules, score-entropy loss,
+categorical sampling and reverse-process samplers. See SEDD_SPEC.md §3-6."""
+
+from .categorical import exponential_noise, randint, sample_categorical, uniform
+from .graph import Absorbing, Graph, ScoreEntropyStats, Uniform, get_graph, log_expm1
+from .loss import ScoreFn, sample_t, score_entropy_loss, sequence_loss
+from .noise import GeometricNoise, LogLinearNoise, Noise, get_noise
+from .sampling import (
+    PREDICTORS,
+    analytic_probs,
+    clamp_projector,
+    denoiser_probs,
+    euler_probs,
+    mask_projector,
+    sample,
+    time_grid,
+)
+
+__all__ = [
+    "Absorbing",
+    "GeometricNoise",
+    "Graph",
+    "LogLinearNoise",
+    "Noise",
+    "PREDICTORS",
+    "ScoreEntropyStats",
+    "ScoreFn",
+    "Uniform",
+    "analytic_probs",
+    "clamp_projector",
+    "denoiser_probs",
+    "euler_probs",
+    "exponential_noise",
+    "get_graph",
+    "get_noise",
+    "log_expm1",
+    "mask_projector",
+    "randint",
+    "sample",
+    "sample_categorical",
+    "sample_t",
+    "score_entropy_loss",
+    "sequence_loss",
+    "time_grid",
+    "uniform",
+]

@@ -1,0 +1,292 @@
+"""Diffusion graphs: the rate matrix Q of the forward CTMC (spec §3).
+
+Convention: dp_t/dt = sigma(t) Q p_t, Q(y, x) = rate of jumping x -> y, so columns of Q sum to
+zero and p_{t|0}(y | x) = exp(sigma_bar Q)(y, x). ``rate(i)`` is column i, ``transp_rate(i)``
+row i; ``transition(i, s)`` is column i of exp(s Q) (the law of x_t given x_0 = i) and
+``transp_transition(i, s)`` row i (y -> p(x_t = i | x_0 = y)). Vocabulary functions return
+(..., dim) for token ids i of shape (...); sigma is (B,), (B, 1) or per token, broadcast
+against i.
+
+Score entropy (the DWDSE integrand, Eq. 9 of the paper) at a token x_t = x with clean token x0,
+log-score s = log s_theta(x_t, sigma)_{., y}, weights w_y = Q(x, y) and ratios
+r_y = p(y | x0) / p(x | x0):
+
+    SE = sum_{y != x} w_y (e^{s_y} - r_y s_y + K(r_y)),   K(a) = a (log a - 1).
+
+It is split for vocabulary-parallel use (the vocabulary is sharded across tensor-parallel ranks):
+
+1. ``score_entropy_stats(log_score, x_t, x0, vocab_offset)``: sums over the (local) vocabulary
+   only. Called on a shard holding columns [vocab_offset, vocab_offset + V_local), it returns
+   partial sums; summing the fields over shards (one all-reduce) gives the full statistics.
+2. ``score_entropy_from_stats(stats, sigma, x_t, x0)``: per-token coefficients of sigma
+   (float64) and the final combination, on (B, L) tensors. ``score_entropy`` is exactly 1 then 2.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .categorical import Generator, randint, sample_categorical, uniform
+
+
+class ScoreEntropyStats(NamedTuple):
+    """Vocabulary reductions for score entropy, each (B, L); they add up across vocabulary shards.
+
+    exp_sum: sum of e^{s_y} over y != MASK (absorb) or y != x_t (uniform).
+    at_x0:   s_{x0} (0 on shards that do not hold column x0).
+    log_sum: sum of s_y over y != x_t (uniform only; None for absorb).
+    """
+
+    exp_sum: torch.Tensor
+    at_x0: torch.Tensor
+    log_sum: torch.Tensor | None = None
+
+    def map(self, fn) -> "ScoreEntropyStats":
+        """Apply ``fn`` to every present field (e.g. an all-reduce)."""
+        return ScoreEntropyStats(*(None if v is None else fn(v) for v in self))
+
+    @staticmethod
+    def sum(shards) -> "ScoreEntropyStats":
+        """Combine the statistics of all vocabulary shards (what an all-reduce SUM computes)."""
+        shards = list(shards)
+        return ScoreEntropyStats(
+            *(None if v[0] is None else torch.stack(v).sum(0) for v in zip(*shards, strict=True))
+        )
+
+
+def _bcast(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a tensor broadcastable against x: (B,) -> (B, 1, ...)."""
+    sigma = torch.as_tensor(sigma, device=x.device)
+    return sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim))
+
+
+def _float(sigma: torch.Tensor) -> torch.dtype:
+    return sigma.dtype if sigma.is_floating_point() else torch.get_default_dtype()
+
+
+def log_expm1(sigma: torch.Tensor) -> torch.Tensor:
+    """log(e^sigma - 1) = sigma + log(1 - e^-sigma), finite for every sigma > 0."""
+    return sigma + torch.log(-torch.expm1(-sigma))
+
+
+def _stats_dtype(log_score: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(log_score.dtype, torch.float32)
+
+
+def _gather_shard(values: torch.Tensor, index: torch.Tensor, offset: int):
+    """(values[..., index - offset], whether the shard holds that column); 0 where it does not."""
+    local = index - offset
+    inside = (local >= 0) & (local < values.shape[-1])
+    picked = values.gather(-1, local.clamp(0, values.shape[-1] - 1)[..., None]).squeeze(-1)
+    return torch.where(inside, picked, torch.zeros_like(picked)), inside, local
+
+
+def _column_weights(s: torch.Tensor, num_valid: int | None, drop: int | None = None):
+    """A (V_local,) vector of 1s over the columns to sum and 0s elsewhere (padding, ``drop``).
+
+    Sums over the vocabulary are taken as ``values @ weights``: one pass, no sliced copies, and
+    a cheap backward (each slice of a (B, L, V) tensor costs a zero-filled copy there).
+    """
+    weights = torch.ones(s.shape[-1], dtype=s.dtype, device=s.device)
+    if num_valid is not None:
+        weights[num_valid:] = 0
+    if drop is not None and 0 <= drop < s.shape[-1]:
+        weights[drop] = 0
+    return weights
+
+
+class Graph:
+    """Common code. Subclasses define ``dim``, ``absorb`` and: ``rate(i)``, ``transp_rate(i)``,
+    ``transition(i, sigma)``, ``transp_transition(i, sigma)``, ``sample_transition(x0, sigma)``,
+    ``staggered_score(score, dsigma)`` (= exp(-dsigma Q) s), ``sample_limit(*batch_dims)``,
+    ``score_entropy_stats(log_score, x_t, x0, vocab_offset)`` and
+    ``score_entropy_from_stats(stats, sigma, x_t, x0)``."""
+
+    dim: int
+    num_tokens: int
+    absorb: bool
+
+    def onehot(self, i, dtype=torch.float32):
+        """One-hot rows (..., dim) of token ids i."""
+        return F.one_hot(i, self.dim).to(dtype)
+
+    def reverse_rate(self, i: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """Reverse rates out of x = i: R(y) = Q(i, y) s_y for y != i, R(i) = -sum_{y != i} R(y)."""
+        rate = self.transp_rate(i, dtype=score.dtype) * score
+        rate = rate.scatter(-1, i[..., None], 0.0)
+        return rate.scatter(-1, i[..., None], -rate.sum(-1, keepdim=True))
+
+    def sample_rate(self, i, rate, dtype=torch.float64, generator: Generator = None):
+        """One Euler step of the reverse CTMC: x ~ Cat(onehot(i) + rate)."""
+        return sample_categorical(self.onehot(i, rate.dtype) + rate, dtype, generator)
+
+    def score_entropy(self, log_score, sigma, x_t, x0) -> torch.Tensor:
+        """Per-token score entropy (B, L) from the full-vocabulary log-score (B, L, dim)."""
+        stats = self.score_entropy_stats(log_score, x_t, x0)
+        return self.score_entropy_from_stats(stats, sigma, x_t, x0)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(num_tokens={self.num_tokens})"
+
+
+class Absorbing(Graph):
+    """Every token jumps to MASK = num_tokens at rate 1: Q = e_M 1^T - I on the token columns.
+
+    p_{t|0}: stay with e^{-sigma}, masked with 1 - e^{-sigma}; MASK is absorbing.
+    Score entropy (masked x_t only, 0 elsewhere), r = 1 / (e^sigma - 1):
+        SE = sum_{y != M} e^{s_y} - r s_{x0} + r (log r - 1).
+    """
+
+    absorb = True
+
+    def __init__(self, num_tokens: int):
+        self.num_tokens = num_tokens
+        self.dim = num_tokens + 1
+        self.mask_id = num_tokens
+
+    def rate(self, i, dtype=None):
+        dtype = dtype or torch.get_default_dtype()
+        return self.onehot(torch.full_like(i, self.mask_id), dtype) - self.onehot(i, dtype)
+
+    def transp_rate(self, i, dtype=None):
+        dtype = dtype or torch.get_default_dtype()
+        return (i == self.mask_id)[..., None].to(dtype) - self.onehot(i, dtype)
+
+    def transition(self, i, sigma):
+        sigma = _bcast(sigma, i)[..., None]
+        dtype = _float(sigma)
+        stay = torch.exp(-sigma).to(dtype)
+        masked = self.onehot(torch.full_like(i, self.mask_id), dtype)
+        return stay * self.onehot(i, dtype) - torch.expm1(-sigma).to(dtype) * masked
+
+    def transp_transition(self, i, sigma):
+        sigma = _bcast(sigma, i)[..., None]
+        dtype = _float(sigma)
+        stay = torch.exp(-sigma).to(dtype)
+        leak = -torch.expm1(-sigma).to(dtype) * (i == self.mask_id)[..., None].to(dtype)
+        return stay * self.onehot(i, dtype) + leak
+
+    def sample_transition(self, x0, sigma, generator: Generator = None):
+        """Mask each token independently with probability 1 - e^{-sigma}."""
+        move = -torch.expm1(-_bcast(sigma, x0))
+        u = uniform(x0.shape, dtype=move.dtype, device=x0.device, generator=generator)
+        return torch.where(u < move, torch.full_like(x0, self.mask_id), x0)
+
+    def staggered_score(self, score, dsigma):
+        """e^{dsigma} s, plus (1 - e^{dsigma}) sum_z s_z on the MASK entry."""
+        dsigma = _bcast(dsigma, score[..., 0]).to(score.dtype)
+        out = score * dsigma.exp()[..., None]
+        out[..., self.mask_id] += -torch.expm1(dsigma) * score.sum(-1)
+        return out
+
+    def sample_limit(self, *batch_dims, device=None, generator: Generator = None):
+        return torch.full(batch_dims, self.mask_id, dtype=torch.long, device=device)
+
+    def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
+        """exp_sum = sum_{y != M} e^{s_y} and at_x0 = s_{x0} over columns held by this shard.
+
+        Columns from ``num_valid`` on (vocabulary padding) are ignored; they must be finite.
+        """
+        s = log_score.to(_stats_dtype(log_score))
+        weights = _column_weights(s, num_valid, drop=self.mask_id - vocab_offset)
+        exp_sum = s.exp() @ weights
+        at_x0, _, _ = _gather_shard(s, x0, vocab_offset)
+        return ScoreEntropyStats(exp_sum, at_x0)
+
+    def score_entropy_from_stats(self, stats, sigma, x_t, x0):
+        """SE = exp_sum - r at_x0 + r (log r - 1) on masked tokens; r = 1/(e^sigma - 1), float64."""
+        log_em1 = log_expm1(_bcast(sigma, x_t).double())
+        r = torch.exp(-log_em1)
+        const = -r * (log_em1 + 1)
+        se = stats.exp_sum.double() - r * stats.at_x0.double() + const
+        se = torch.where(x_t == self.mask_id, se, torch.zeros_like(se))
+        return se.to(stats.exp_sum.dtype)
+
+
+class Uniform(Graph):
+    """Jump to a uniformly drawn token at rate 1 ("normalised down by dimension"): Q = 11^T/N - I.
+
+    p_{t|0}(y|x0) = (1 - e^{-sigma})/N + e^{-sigma} [y = x0]. With w_y = 1/N, a = N/(e^sigma - 1)
+    and rho = (e^sigma - 1)/(e^sigma - 1 + N) = 1/(1 + a):
+        x_t == x0: SE = (1/N) sum_{y != x} e^{s_y} - (rho/N) sum_{y != x} s_y
+                        + (N - 1)/N rho (log rho - 1)
+        x_t != x0: SE = (1/N) sum_{y != x} e^{s_y} - (a/N) s_{x0} - (1/N) sum_{y != x} s_y
+                        + [(1 + a)(log(1 + a) - 1) - (N - 2)] / N
+    rho, log rho = -log1p(a) and 1/rho = 1 + a never cancel (the reference's 1 - N/(e^sigma - 1 + N)
+    does, and is NaN at small sigma in float32).
+    """
+
+    absorb = False
+
+    def __init__(self, num_tokens: int):
+        self.num_tokens = num_tokens
+        self.dim = num_tokens
+
+    def rate(self, i, dtype=None):
+        dtype = dtype or torch.get_default_dtype()
+        return 1.0 / self.dim - self.onehot(i, dtype)
+
+    transp_rate = rate  # Q is symmetric
+
+    def transition(self, i, sigma):
+        sigma = _bcast(sigma, i)[..., None]
+        dtype = _float(sigma)
+        jump = (-torch.expm1(-sigma) / self.dim).to(dtype)
+        return jump + torch.exp(-sigma).to(dtype) * self.onehot(i, dtype)
+
+    transp_transition = transition
+
+    def sample_transition(self, x0, sigma, generator: Generator = None):
+        """With probability 1 - e^{-sigma} replace the token by a uniform draw (maybe itself)."""
+        move = -torch.expm1(-_bcast(sigma, x0))
+        u = uniform(x0.shape, dtype=move.dtype, device=x0.device, generator=generator)
+        new = randint(self.dim, x0.shape, device=x0.device, generator=generator)
+        return torch.where(u < move, new, x0)
+
+    def staggered_score(self, score, dsigma):
+        """e^{dsigma} s + (1 - e^{dsigma})/N sum_z s_z."""
+        dsigma = _bcast(dsigma, score[..., 0]).to(score.dtype)
+        extra = -torch.expm1(dsigma) / self.dim * score.sum(-1)
+        return score * dsigma.exp()[..., None] + extra[..., None]
+
+    def sample_limit(self, *batch_dims, device=None, generator: Generator = None):
+        return randint(self.dim, batch_dims, device=device, generator=generator)
+
+    def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
+        """Shard sums: exp_sum = sum_{y != x} e^{s_y}, log_sum = sum_{y != x} s_y, at_x0 = s_x0.
+
+        Column x is excluded exactly (not subtracted: at small sigma the other terms sum to
+        about sigma, far below e^{s_x} = 1). Columns from ``num_valid`` on are ignored.
+        """
+        s = log_score.to(_stats_dtype(log_score))
+        weights = _column_weights(s, num_valid)
+        s_x, holds_x, local_x = _gather_shard(s, x_t, vocab_offset)
+        index = local_x.clamp(0, s.shape[-1] - 1)[..., None]
+        is_x = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        is_x.scatter_(-1, index, holds_x[..., None])
+        exp_sum = s.exp().masked_fill(is_x, 0.0) @ weights
+        at_x0, _, _ = _gather_shard(s, x0, vocab_offset)
+        return ScoreEntropyStats(exp_sum, at_x0, s @ weights - s_x)
+
+    def score_entropy_from_stats(self, stats, sigma, x_t, x0):
+        """Combine the reductions with float64 coefficients of sigma (see the class docstring)."""
+        n = self.dim
+        a = n * torch.exp(-log_expm1(_bcast(sigma, x_t).double()))  # N / (e^sigma - 1)
+        rho, log1p_a = 1 / (1 + a), torch.log1p(a)
+        exp_sum, at_x0, log_sum = (v.double() for v in (stats.exp_sum, stats.at_x0, stats.log_sum))
+        same = x_t == x0
+        neg = torch.where(same, rho * log_sum, a * at_x0 + log_sum) / n
+        const_same = (n - 1) * rho * (-log1p_a - 1)
+        const_diff = (1 + a) * (log1p_a - 1) - (n - 2)
+        const = torch.where(same, const_same, const_diff) / n
+        return (exp_sum / n - neg + const).to(stats.exp_sum.dtype)
+
+
+def get_graph(name: str, num_tokens: int) -> Graph:
+    """``"absorb"`` (dim = num_tokens + 1, MASK id = num_tokens) or ``"uniform"`` (dim = N)."""
+    if name == "absorb":
+        return Absorbing(num_tokens)
+    if name == "uniform":
+        return Uniform(num_tokens)
+    raise ValueError(f"unknown graph {name!r} (expected 'absorb' or 'uniform')")

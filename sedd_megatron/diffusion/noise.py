@@ -1,0 +1,72 @@
+"""Noise schedules: total noise sigma_bar(t) and its rate sigma_bar'(t), t in [0, 1] (spec §4).
+
+The forward process is dp_t/dt = sigma(t) Q p_t, so p_{t|0} = exp(sigma_bar(t) Q) with
+sigma_bar(t) = int_0^t sigma(s) ds. ``noise(t)`` returns ``(sigma_bar(t), sigma_bar'(t))`` in
+t's dtype.
+
+* LogLinear (absorb): sigma_bar(t) = -log(1 - (1 - eps) t),
+  sigma_bar'(t) = (1 - eps) / (1 - (1 - eps) t), so the masking probability
+  1 - e^{-sigma_bar} = (1 - eps) t is linear in t. eps = 1e-3 (the reference hard-codes it and
+  ignores sigma_min / sigma_max).
+* Geometric (uniform): sigma_bar(t) = sigma_min^{1-t} sigma_max^t,
+  sigma_bar'(t) = sigma_bar(t) (log sigma_max - log sigma_min).
+"""
+
+import math
+
+import torch
+
+
+class Noise:
+    """Base class: ``noise(t) -> (total_noise, rate_noise)``."""
+
+    def total_noise(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rate_noise(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        return self.total_noise(t), self.rate_noise(t)
+
+
+class LogLinearNoise(Noise):
+    def __init__(self, eps: float = 1e-3):
+        self.eps = eps
+
+    def total_noise(self, t):
+        return -torch.log1p(-(1 - self.eps) * t)
+
+    def rate_noise(self, t):
+        return (1 - self.eps) / (1 - (1 - self.eps) * t)
+
+    def __repr__(self):
+        return f"LogLinearNoise(eps={self.eps})"
+
+
+class GeometricNoise(Noise):
+    def __init__(self, sigma_min: float = 1e-4, sigma_max: float = 20.0):
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def total_noise(self, t):
+        return self.sigma_min ** (1 - t) * self.sigma_max**t
+
+    def rate_noise(self, t):
+        return self.total_noise(t) * (math.log(self.sigma_max) - math.log(self.sigma_min))
+
+    def __repr__(self):
+        return f"GeometricNoise(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+def get_noise(
+    name: str, sigma_min: float = 1e-4, sigma_max: float = 20.0, eps: float = 1e-3
+) -> Noise:
+    """``"loglinear"`` (uses only eps, as the reference) or ``"geometric"`` (sigma_min/max)."""
+    if name == "loglinear":
+        return LogLinearNoise(eps)
+    if name == "geometric":
+        return GeometricNoise(sigma_min, sigma_max)
+    raise ValueError(f"unknown noise schedule {name!r} (expected 'loglinear' or 'geometric')")
