@@ -1,18 +1,23 @@
-"""The two places where SEDD training hooks into megatron.training.pretrain (0.19.2).
+"""The places where SEDD training hooks into megatron.training.pretrain (0.19.2).
 
 pretrain() has no callback after the optimizer step nor around evaluation, so
-:func:`install_training_hooks` wraps two of its module-level functions:
+:func:`install_training_hooks` wraps two of its module-level functions, and makes one write
+atomic:
 
 - ``setup_model_and_optimizer``: the returned optimizer's ``step`` is wrapped so that every
   successful step updates the EMA weights (and appends to ``--sedd-metrics-file``);
 - ``evaluate``: runs with the EMA weights swapped in (unless ``--no-eval-with-ema``), so the
-  validation loss is the ELBO estimate of the weights we export.
+  validation loss is the ELBO estimate of the weights we export;
+- the checkpoint tracker file (``latest_checkpointed_iteration.txt``): Megatron truncates and
+  rewrites it in place, so a kill at that moment leaves an empty tracker and the next run exits
+  ("Invalid metadata file"). It is now written to a temporary name, fsynced and renamed.
 
 Both wrappers call the original function unchanged; nothing else in Megatron is altered.
 """
 
 import contextlib
 import functools
+import os
 import time
 
 import torch
@@ -65,12 +70,59 @@ def _wrap_optimizer_step(optimizer, model_chunks, args):
     optimizer.step = step
 
 
+TRACKER_NAME = "latest_checkpointed_iteration.txt"
+
+
+class _AtomicFile:
+    """A text file written under a temporary name and renamed into place on a clean close."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp = f"{path}.tmp.{os.getpid()}"
+        self.file = open(self.tmp, "w", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        return self.file.write(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+        return False
+
+
+class _AtomicTrackerStorage:
+    """Megatron's ``maybe_msc`` storage shim, with atomic writes of the tracker file."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def open(self, path, mode="r", *args, **kwargs):
+        local = "://" not in str(path)
+        if mode == "w" and local and os.path.basename(str(path)) == TRACKER_NAME:
+            return _AtomicFile(str(path))
+        return self._inner.open(path, mode, *args, **kwargs)
+
+
 def install_training_hooks() -> None:
     """Wrap megatron.training.training's setup_model_and_optimizer and evaluate (idempotent)."""
     if _INSTALLED["done"]:
         return
+    from megatron.training import checkpointing as mc
     from megatron.training import get_args
     from megatron.training import training as mt
+
+    mc.maybe_msc = _AtomicTrackerStorage(mc.maybe_msc)
 
     original_setup = mt.setup_model_and_optimizer
     original_evaluate = mt.evaluate

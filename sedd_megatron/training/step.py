@@ -121,7 +121,8 @@ def make_forward_step(args):
         t = sample_t(args.micro_batch_size, args.sedd_sampling_eps, device=device, generator=gen)
         sigma, dsigma = noise(t)
         x_t = None if tokens is None else graph.sample_transition(tokens, sigma[:, None], gen)
-        output = model(x_t, sigma, x0=tokens if post else None)
+        # sigma by keyword: Megatron's Float16Module casts positional float inputs to bf16/fp16.
+        output = model(x_t, sigma=sigma, x0=tokens if post else None)
         return output, partial(loss_func, dsigma)
 
     return forward_step

@@ -28,11 +28,15 @@ def embedding_init(weight: torch.Tensor) -> torch.Tensor:
     return torch.nn.init.uniform_(weight, -bound, bound)
 
 
-class TokenEmbedding(torch.nn.Module):
-    """Vocab-parallel token embedding, no scaling, no position embedding, no dropout."""
+class TokenEmbedding(MegatronModule):
+    """Vocab-parallel token embedding, no scaling, no position embedding, no dropout.
+
+    A MegatronModule so that checkpointing recurses into the embedding's own (TP-sharded)
+    sharded_state_dict; a plain nn.Module wrapper would be saved as if replicated.
+    """
 
     def __init__(self, config: SEDDTransformerConfig, vocab_rows_padded: int):
-        super().__init__()
+        super().__init__(config=config)
         self.sequence_parallel = config.sequence_parallel
         self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
             vocab_rows_padded,
@@ -204,6 +208,14 @@ class SEDDModel(LanguageModule):
         for key in ("output_layer.linear.weight", "output_layer.linear.bias"):
             if self.post_process and f"{prefix}{key}" in sharded:
                 sharded[f"{prefix}{key}"].allow_shape_mismatch = True
+        # Every pipeline stage (and virtual stage) holds the noise-level embedder: only the
+        # first one is the main replica, the others are marked as copies.
+        copy_index = self.pp_group.rank() + self.pp_group.size() * (self.vp_stage or 0)
+        for key, value in sharded.items():
+            if key.startswith(f"{prefix}sigma_map.") and hasattr(value, "replica_id"):
+                replica = value.replica_id
+                replica = (copy_index, *replica[1:]) if isinstance(replica, tuple) else copy_index
+                value.replica_id = replica
         return sharded
 
 
