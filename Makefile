@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:  make quickstart   and   make test
+# Both create or reuse .venv/ (Python 3.12) and install what they need (tools/ensure_env.sh).
 PY := .venv/bin/python
-export OMP_NUM_THREADS ?= 1
 
 .PHONY: env quickstart test lint
 
@@ -14,5 +14,5 @@ test: env
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint:
-	SEDD_EXTRAS=dev bash tools/ensure_env.sh
+	SEDD_EXTRAS=test,corpus,dev bash tools/ensure_env.sh
 	$(PY) -m ruff check . && $(PY) -m black --check .

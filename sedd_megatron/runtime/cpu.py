@@ -6,7 +6,7 @@ schedules, ``torch_dist`` checkpoints, ``pretrain()``) can be exercised by tests
 without a GPU. It is slow, and it is tested against megatron-core 0.19.2 only.
 
 Megatron assumes CUDA in many places. :func:`enable_cpu_megatron` makes those places work on
-CPU, each for a failure seen without it (see /work/shared/reference/MCORE_ON_CPU.md):
+CPU, each for a failure seen without it (the project's shared notes, MCORE_ON_CPU.md, list them):
 
 - a process-wide torch function mode (:class:`_CudaToCpuMode`) maps CUDA device requests
   (``device="cuda"``, ``device=torch.cuda.current_device()``, ``.cuda()``, ``.to("cuda")``)

@@ -62,27 +62,54 @@ class ConfigError(ValueError):
 def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Megatron ``extra_args_provider``: the SEDD argument group plus reference defaults."""
     group = parser.add_argument_group(title="SEDD (score entropy discrete diffusion)")
-    group.add_argument("--sedd-graph", choices=("absorb", "uniform"), default="absorb",
-                       help="forward process: absorbing (MASK token) or uniform")
-    group.add_argument("--sedd-noise", choices=("loglinear", "geometric"), default=None,
-                       help="noise schedule (default: loglinear for absorb, geometric for uniform)")
-    group.add_argument("--sedd-sigma-min", type=float, default=1e-4,
-                       help="geometric schedule: total noise at t=0")
-    group.add_argument("--sedd-sigma-max", type=float, default=20.0,
-                       help="geometric schedule: total noise at t=1")
-    group.add_argument("--sedd-sampling-eps", type=float, default=1e-3,
-                       help="training draws t ~ U(eps, 1)")
-    group.add_argument("--sedd-cond-dim", type=int, default=128,
-                       help="width of the noise-level conditioning vector")
-    group.add_argument("--sedd-scale-by-sigma", action=argparse.BooleanOptionalAction,
-                       default=None,
-                       help="absorb output shift by -log(e^sigma - 1) (default: on for absorb)")
-    group.add_argument("--ema-decay", type=float, default=0.9999,
-                       help="EMA decay of the weights (0 disables EMA)")
-    group.add_argument("--no-eval-with-ema", dest="eval_with_ema", action="store_false",
-                       help="evaluate with the raw weights instead of the EMA weights")
-    group.add_argument("--sedd-metrics-file", type=str, default=None,
-                       help="append per-step JSON lines (iteration, loss, grad norm, lr) here")
+    group.add_argument(
+        "--sedd-graph",
+        choices=("absorb", "uniform"),
+        default="absorb",
+        help="forward process: absorbing (MASK token) or uniform",
+    )
+    group.add_argument(
+        "--sedd-noise",
+        choices=("loglinear", "geometric"),
+        default=None,
+        help="noise schedule (default: loglinear for absorb, geometric for uniform)",
+    )
+    group.add_argument(
+        "--sedd-sigma-min", type=float, default=1e-4, help="geometric schedule: total noise at t=0"
+    )
+    group.add_argument(
+        "--sedd-sigma-max", type=float, default=20.0, help="geometric schedule: total noise at t=1"
+    )
+    group.add_argument(
+        "--sedd-sampling-eps", type=float, default=1e-3, help="training draws t ~ U(eps, 1)"
+    )
+    group.add_argument(
+        "--sedd-cond-dim",
+        type=int,
+        default=128,
+        help="width of the noise-level conditioning vector",
+    )
+    group.add_argument(
+        "--sedd-scale-by-sigma",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="absorb output shift by -log(e^sigma - 1) (default: on for absorb)",
+    )
+    group.add_argument(
+        "--ema-decay", type=float, default=0.9999, help="EMA decay of the weights (0 disables EMA)"
+    )
+    group.add_argument(
+        "--no-eval-with-ema",
+        dest="eval_with_ema",
+        action="store_false",
+        help="evaluate with the raw weights instead of the EMA weights",
+    )
+    group.add_argument(
+        "--sedd-metrics-file",
+        type=str,
+        default=None,
+        help="append per-step JSON lines (iteration, loss, grad norm, lr) here",
+    )
     parser.set_defaults(**REFERENCE_DEFAULTS, **accelerator_defaults())
     return parser
 

@@ -1,8 +1,9 @@
 """Configuration of the SEDD model type: Megatron's TransformerConfig plus the SEDD fields.
 
-Defaults follow the reference implementation (SEDD_SPEC.md section 1): pre-norm LayerNorm without
-bias (eps 1e-5, fp32), no bias on qkv and attention output, biased 4H MLP with tanh-GELU, rotary on
-the full head dim, bidirectional attention without dropout, hidden dropout 0.1 before the adaLN gate.
+Defaults follow the reference implementation (SEDD_SPEC.md section 1): pre-norm LayerNorm
+without bias (eps 1e-5, fp32), no bias on qkv and attention output, biased 4H MLP with
+tanh-GELU, rotary on the full head dim, bidirectional attention without dropout, hidden dropout
+0.1 before the adaLN gate.
 """
 
 from dataclasses import dataclass
@@ -53,18 +54,26 @@ class SEDDTransformerConfig(TransformerConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.graph not in GRAPHS:
-            raise ValueError(f"SEDDTransformerConfig.graph must be one of {GRAPHS}, got {self.graph!r}")
+            raise ValueError(
+                f"SEDDTransformerConfig.graph must be one of {GRAPHS}, got {self.graph!r}"
+            )
         if self.num_tokens < 2:
-            raise ValueError(f"SEDDTransformerConfig.num_tokens must be >= 2, got {self.num_tokens}")
+            raise ValueError(
+                f"SEDDTransformerConfig.num_tokens must be >= 2, got {self.num_tokens}"
+            )
         if self.cond_dim <= 0:
-            raise ValueError(f"SEDDTransformerConfig.cond_dim must be positive, got {self.cond_dim}")
+            raise ValueError(
+                f"SEDDTransformerConfig.cond_dim must be positive, got {self.cond_dim}"
+            )
         if self.frequency_embedding_size <= 0 or self.frequency_embedding_size % 2:
             raise ValueError(
                 "SEDDTransformerConfig.frequency_embedding_size must be a positive even number, "
                 f"got {self.frequency_embedding_size}"
             )
         if self.scale_by_sigma and self.graph != "absorb":
-            raise ValueError("SEDDTransformerConfig.scale_by_sigma is only defined for the absorb graph")
+            raise ValueError(
+                "SEDDTransformerConfig.scale_by_sigma is only defined for the absorb graph"
+            )
         if self.normalization != "LayerNorm":
             raise ValueError(f"SEDD uses LayerNorm, got normalization={self.normalization!r}")
         if self.num_query_groups not in (None, self.num_attention_heads):

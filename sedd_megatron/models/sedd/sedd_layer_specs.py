@@ -1,4 +1,4 @@
-"""Layer specs for SEDD: one function, a local (pure Megatron-Core) and a Transformer Engine backend.
+"""Layer specs for SEDD: one function, local (Megatron-Core) and Transformer Engine backends.
 
 The local spec is the tested default and the one used on CPU. The TE spec swaps in TE's parallel
 linears and fused attention (which carry FP8 through Megatron's TE integration); it is chosen
@@ -61,7 +61,11 @@ def get_sedd_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpe
             TEDotProductAttention,
         )
     else:
-        column, row, core_attention = ColumnParallelLinear, RowParallelLinear, BidirectionalAttention
+        column, row, core_attention = (
+            ColumnParallelLinear,
+            RowParallelLinear,
+            BidirectionalAttention,
+        )
 
     return ModuleSpec(
         module=SEDDTransformerLayer,

@@ -155,7 +155,7 @@ class SEDDTransformerLayer(TransformerLayer):
     def forward(self, hidden_states, attention_mask=None, context=None, **kwargs):
         x = hidden_states
         modulation = self.adaLN_modulation(context.to(self.adaLN_modulation.weight.dtype))
-        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) = (
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             m.unsqueeze(0) for m in modulation.chunk(6, dim=-1)
         )
 

@@ -79,15 +79,19 @@ def _parameters(model):
 def _qkv_to_megatron(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(3 * heads * d, H) rows [3][heads][d] -> rows [heads][3][d]."""
     three_h, hidden = weight.shape
-    return weight.view(3, num_heads, three_h // (3 * num_heads), hidden).transpose(0, 1).reshape(
-        three_h, hidden
+    return (
+        weight.view(3, num_heads, three_h // (3 * num_heads), hidden)
+        .transpose(0, 1)
+        .reshape(three_h, hidden)
     )
 
 
 def _qkv_to_reference(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     three_h, hidden = weight.shape
-    return weight.view(num_heads, 3, three_h // (3 * num_heads), hidden).transpose(0, 1).reshape(
-        three_h, hidden
+    return (
+        weight.view(num_heads, 3, three_h // (3 * num_heads), hidden)
+        .transpose(0, 1)
+        .reshape(three_h, hidden)
     )
 
 

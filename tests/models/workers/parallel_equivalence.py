@@ -164,7 +164,9 @@ def main():
         if last:
             log_score = gather_vocab(model, shard)
             loss = (expected["dsigma"][:, None] * per_token).sum(-1)
-            result[f"conformance_log_score_{name}"] = relative_error(log_score, expected["log_score"])
+            result[f"conformance_log_score_{name}"] = relative_error(
+                log_score, expected["log_score"]
+            )
             result[f"conformance_loss_{name}"] = relative_error(loss, expected["loss"])
 
     grad_errors = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}

@@ -69,7 +69,7 @@ def max_errors(reference, result, tp, rank, sequence_parallel):
 def worst_over_ranks(errors: dict) -> dict:
     values = torch.tensor(list(errors.values()), dtype=torch.float64)
     torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
-    return dict(zip(errors, values.tolist()))
+    return dict(zip(errors, values.tolist(), strict=True))
 
 
 def main():
