@@ -141,6 +141,14 @@ def validate_sedd_args(args) -> None:
         problems.append("SEDD uses multi-head attention: drop --group-query-attention")
     if getattr(args, "num_experts", None):
         problems.append("SEDD has a dense MLP: drop --num-experts")
+    if (
+        getattr(args, "fp8", None)
+        and getattr(args, "transformer_impl", None) != "transformer_engine"
+    ):
+        problems.append(
+            "--fp8-format needs Transformer Engine (FP8 runs in TE's layers): install "
+            "transformer_engine on the GPU machines, or drop the flag"
+        )
     decay_iters = args.lr_decay_iters or args.train_iters
     if decay_iters is not None and args.lr_warmup_iters >= decay_iters:
         problems.append(

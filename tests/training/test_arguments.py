@@ -47,6 +47,7 @@ def _args(**overrides):
         position_embedding_type="rope", swiglu=False, squared_relu=False,
         normalization="LayerNorm", group_query_attention=False, num_experts=None,
         lr_decay_iters=None, train_iters=100, lr_warmup_iters=10, context_parallel_size=1,
+        fp8=None, transformer_impl="local",
     )  # fmt: skip
     return SimpleNamespace(**{**base, **overrides})
 
@@ -71,6 +72,7 @@ def test_graph_dependent_defaults():
         (dict(group_query_attention=True), "multi-head"),
         (dict(lr_warmup_iters=100), "--lr-warmup-iters"),
         (dict(context_parallel_size=2), "context parallelism"),
+        (dict(fp8="hybrid"), "Transformer Engine"),
     ],
 )
 def test_contradicting_flags(overrides, message):
