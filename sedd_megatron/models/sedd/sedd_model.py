@@ -13,11 +13,11 @@ from megatron.core import tensor_parallel
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.common.language_module.language_module import LanguageModule
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
-from sedd_megatron.models.sedd.score_entropy import vocab_parallel_score_entropy
+from sedd_megatron.models.sedd.score_entropy import vocab_parallel_score_entropy_from_logits
 from sedd_megatron.models.sedd.sedd_config import SEDDTransformerConfig
 from sedd_megatron.models.sedd.sedd_layers import SEDDFinalLayer, TimestepEmbedder
 
@@ -90,9 +90,7 @@ class SEDDModel(LanguageModule):
 
         if pre_process:
             self.embedding = TokenEmbedding(config, vocab_size)
-        self.sigma_map = TimestepEmbedder(
-            config, config.cond_dim, config.frequency_embedding_size
-        )
+        self.sigma_map = TimestepEmbedder(config, config.cond_dim, config.frequency_embedding_size)
         self.rotary_pos_emb = RotaryEmbedding(
             kv_channels=config.kv_channels,
             rotary_percent=1.0,
@@ -162,32 +160,43 @@ class SEDDModel(LanguageModule):
         logits = self.output_layer(hidden, cond).float()  # [s, b, V/tp]
         if x0 is None:
             return self._postprocess(logits, input_ids, sigma, padding=float("-inf"))
+        # The loss: the fused op applies _postprocess's shift / 0 at x_t / padding itself, and
+        # overwrites the fresh logits (nothing saved them) with its exp buffer.
         start, end = self.vocab_range()
-        return vocab_parallel_score_entropy(
+        return vocab_parallel_score_entropy_from_logits(
             self.config.graph,
             self.config.num_tokens,
-            self._postprocess(logits, input_ids, sigma, padding=0.0),
+            logits,
             sigma,
             input_ids,
             x0,
             vocab_offset=start,
             num_valid=end - start,
             tp_group=self.tp_group,
+            shift=self._score_shift(sigma),
+            inplace=True,
         )
+
+    def _score_shift(self, sigma: torch.Tensor) -> torch.Tensor | None:
+        """[b] float32 log(e^sigma - 1) + log(V' - 1) subtracted from the logits when
+        ``scale_by_sigma`` (log-score = logits - shift), else None."""
+        if not self.config.scale_by_sigma:
+            return None
+        sigma = sigma.float()
+        esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        return esigm1.log() + math.log(self.config.vocab_rows - 1)
 
     def _postprocess(self, logits, x_t, sigma, padding: float) -> torch.Tensor:
         """sigma-scaling (absorb), log-score 0 at the current token, ``padding`` on padded rows
-        (-inf for callers; a finite value for the loss, which is told to skip those columns).
+        (-inf for callers). The loss (``x0=``) does the same fused, without this function.
 
         Works in place on the fresh [s, b, V/tp] output-layer activations (none of these ops'
         backward needs them; in-place on a view would make autograd copy the whole tensor) and
         returns the [b, s, V/tp] view.
         """
         start, end = self.vocab_range()
-        if self.config.scale_by_sigma:
-            sigma = sigma.float()
-            esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
-            shift = esigm1.log() + math.log(self.config.vocab_rows - 1)
+        shift = self._score_shift(sigma)
+        if shift is not None:
             logits.sub_(shift[None, :, None])
         # The log-score at the current token is exactly 0 (where that token is in this shard).
         local = x_t.t() - start
