@@ -1,0 +1,59 @@
+"""Loading and converting SEDD checkpoints: pretrain_sedd.py (Megatron) <-> published layout.
+
+Contract of :func:`load_sedd_model` (the loader the sampling and evaluation tools share):
+
+    init_distributed(tp=T, pp=P)          # sedd_megatron.runtime; torchrun with T*P*DP ranks
+    model, info = load_sedd_model(source, iteration=None, use_ema=None, seq_length=None)
+
+- ``source`` is a pretrain_sedd.py checkpoint directory (the tracker's latest iteration, or
+  ``iteration``; an ``iter_NNNNNNN``/``release`` directory also works) or a directory in the
+  published ``louaaron/sedd-*`` layout (config.json + model.safetensors / pytorch_model.bin).
+- The architecture (graph, noise, sizes, vocabulary) comes from the checkpoint: the saved
+  Megatron args, or config.json. The model is this rank's pipeline stage of a float32
+  ``SEDDModel`` with local (non Transformer Engine) layers at the *current* TP/PP (checkpoints
+  are resharded by dist_checkpointing; plain weights go through the state-dict adapter), in
+  eval mode, on the current CUDA device (CPU under the CPU runtime), without an ``ema`` child.
+- Weights: ``use_ema=None`` loads the EMA weights when the checkpoint has them, else the raw
+  ones; ``True`` requires EMA weights (CheckpointError otherwise); ``False`` loads the raw
+  weights. Optimizer state is never read. Plain sources hold one set of weights (``info.ema``
+  is None: the published files do not say which).
+- ``info`` (:class:`SEDDModelInfo`): ``config`` (published-layout SEDDConfig), ``graph``,
+  ``num_tokens``, ``noise_type``, ``sigma_min``, ``sigma_max``, ``seq_length`` (``seq_length``
+  or the training length), ``source``, ``source_kind`` ("megatron" | "plain"), ``iteration``,
+  ``ema``.
+- Bad input raises :class:`CheckpointError` (a ValueError) with one clear message: missing,
+  empty or incomplete checkpoint, unreadable tracker, key/shape mismatch, unknown graph,
+  a pickle that needs more than ``weights_only`` loading.
+
+Conversions (each writes a new directory atomically; see their docstrings):
+:func:`export_checkpoint` (Megatron -> published layout) and :func:`import_checkpoint`
+(published layout -> Megatron release checkpoint at a chosen TP/PP).
+"""
+
+from sedd_megatron.checkpoint.export import ExportResult, export_checkpoint
+from sedd_megatron.checkpoint.importer import ImportResult, import_checkpoint
+from sedd_megatron.checkpoint.loader import SEDDModelInfo, build_model, load_sedd_model
+from sedd_megatron.checkpoint.locate import (
+    CheckpointIteration,
+    find_iteration,
+    read_checkpoint_args,
+    read_plain_checkpoint,
+)
+from sedd_megatron.checkpoint.verify import full_log_scores
+from sedd_megatron.plain.layout import CheckpointError
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointIteration",
+    "ExportResult",
+    "ImportResult",
+    "SEDDModelInfo",
+    "build_model",
+    "export_checkpoint",
+    "find_iteration",
+    "full_log_scores",
+    "import_checkpoint",
+    "load_sedd_model",
+    "read_checkpoint_args",
+    "read_plain_checkpoint",
+]

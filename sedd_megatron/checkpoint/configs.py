@@ -1,0 +1,158 @@
+"""Translating between pretrain_sedd.py's Megatron arguments and the published config.json.
+
+The published file (SEDD_SPEC.md section 2) is the reference run's whole hydra config; SEDD
+reads ``tokens``, ``graph``, ``noise`` and ``model``. Exports also fill ``ngpus``, ``training``
+and ``optim`` from the saved arguments under the reference's key names; imports take the
+optimizer settings and the EMA decay back from there.
+"""
+
+import dataclasses
+import math
+
+from sedd_megatron.plain.config import ConfigError, SEDDConfig
+from sedd_megatron.plain.layout import CheckpointError
+
+# published name -> (hidden_size, n_blocks, n_heads) of the reference configs
+_NAMED_SIZES = {"small": (768, 12, 12), "medium": (1024, 24, 16)}
+
+# (config.json section, key, Megatron flag) of the optimizer/training settings carried over
+_OPTIM_FLAGS = (
+    ("optim", "lr", "lr"),
+    ("optim", "warmup", "lr-warmup-iters"),
+    ("optim", "beta1", "adam-beta1"),
+    ("optim", "beta2", "adam-beta2"),
+    ("optim", "eps", "adam-eps"),
+    ("optim", "weight_decay", "weight-decay"),
+    ("optim", "grad_clip", "clip-grad"),
+    ("training", "ema", "ema-decay"),
+)
+
+
+def num_tokens_from_args(args) -> int:
+    """The data vocabulary size pretrain_sedd.py trained with (its tokenizer's ``vocab_size``)."""
+    if args.tokenizer_type == "NullTokenizer":
+        return int(args.vocab_size)
+    from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
+
+    try:
+        return int(build_tokenizer(args).vocab_size)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot tell the vocabulary size: the checkpoint's tokenizer "
+            f"({args.tokenizer_type}) cannot be built here: {err}"
+        ) from err
+
+
+# Saved args attribute holding the config.json an imported checkpoint came from.
+SOURCE_CONFIG_ARG = "sedd_source_config"
+
+
+def published_config(args, num_tokens: int) -> SEDDConfig:
+    """The published-layout config of a model trained by pretrain_sedd.py with ``args``.
+
+    For a checkpoint written by import_checkpoint, the imported config.json itself (its
+    name and hydra sections) when it agrees with the args.
+    """
+    config = config_from_args(args, num_tokens)
+    source = getattr(args, SOURCE_CONFIG_ARG, None)
+    try:
+        source = SEDDConfig.from_dict(source) if isinstance(source, dict) else None
+    except ConfigError:
+        source = None
+    if source is not None and dataclasses.replace(config, name=source.name) == source:
+        return source
+    return config
+
+
+def config_from_args(args, num_tokens: int) -> SEDDConfig:
+    hidden, heads = args.hidden_size, args.num_attention_heads
+    problems = []
+    if args.ffn_hidden_size != 4 * hidden:
+        problems.append(f"ffn_hidden_size {args.ffn_hidden_size} != 4 * hidden_size")
+    if args.kv_channels not in (None, hidden // heads):
+        problems.append(f"kv_channels {args.kv_channels} != hidden_size / heads")
+    gqa = getattr(args, "group_query_attention", False)
+    if gqa and getattr(args, "num_query_groups", None) not in (None, heads):
+        problems.append("grouped-query attention")
+    if getattr(args, "rotary_base", 10000) != 10000 or getattr(args, "rotary_percent", 1.0) != 1:
+        problems.append("rotary base/percent other than 10000/1.0")
+    if not math.isclose(getattr(args, "layernorm_epsilon", 1e-5), 1e-5):
+        problems.append(f"layernorm_epsilon {args.layernorm_epsilon} != 1e-5")
+    if problems:
+        raise CheckpointError(
+            "the checkpoint's architecture has no published-layout equivalent: "
+            + "; ".join(problems)
+        )
+    name = next((n for n, s in _NAMED_SIZES.items() if s == (hidden, args.num_layers, heads)), None)
+    extra = {
+        "ngpus": args.world_size,
+        "training": {
+            "batch_size": args.global_batch_size,
+            "accum": args.global_batch_size // (args.micro_batch_size * args.data_parallel_size),
+            "n_iters": args.train_iters,
+            "snapshot_freq": args.save_interval,
+            "log_freq": args.log_interval,
+            "eval_freq": args.eval_interval,
+            "ema": args.ema_decay,
+        },
+        "optim": {
+            "weight_decay": args.weight_decay,
+            "optimizer": "AdamW",
+            "lr": args.lr,
+            "beta1": args.adam_beta1,
+            "beta2": args.adam_beta2,
+            "eps": args.adam_eps,
+            "warmup": args.lr_warmup_iters,
+            "grad_clip": args.clip_grad,
+        },
+    }
+    return SEDDConfig(
+        tokens=num_tokens,
+        graph=args.sedd_graph,
+        hidden_size=hidden,
+        cond_dim=args.sedd_cond_dim,
+        length=args.seq_length,
+        n_blocks=args.num_layers,
+        n_heads=heads,
+        scale_by_sigma=bool(args.sedd_scale_by_sigma),
+        dropout=args.hidden_dropout,
+        noise_type=args.sedd_noise,
+        sigma_min=args.sedd_sigma_min,
+        sigma_max=args.sedd_sigma_max,
+        name=name or "custom",
+        extra=extra,
+    )
+
+
+def pretrain_argv(config: SEDDConfig, *, tp: int = 1, pp: int = 1) -> list[str]:
+    """pretrain_sedd.py flags that build ``config``'s model (NullTokenizer with its vocabulary).
+
+    Optimizer settings and the EMA decay come from config.json's ``optim``/``training``
+    sections where present (the reference defaults otherwise).
+    """
+    argv = [
+        "--num-layers", str(config.n_blocks),
+        "--hidden-size", str(config.hidden_size),
+        "--num-attention-heads", str(config.n_heads),
+        "--ffn-hidden-size", str(4 * config.hidden_size),
+        "--seq-length", str(config.length),
+        "--max-position-embeddings", str(config.length),
+        "--sedd-graph", config.graph,
+        "--sedd-noise", config.noise_type,
+        "--sedd-sigma-min", repr(float(config.sigma_min)),
+        "--sedd-sigma-max", repr(float(config.sigma_max)),
+        "--sedd-cond-dim", str(config.cond_dim),
+        "--sedd-scale-by-sigma" if config.scale_by_sigma else "--no-sedd-scale-by-sigma",
+        "--hidden-dropout", repr(float(config.dropout)),
+        "--tokenizer-type", "NullTokenizer",
+        "--vocab-size", str(config.tokens),
+        "--tensor-model-parallel-size", str(tp),
+        "--pipeline-model-parallel-size", str(pp),
+        "--micro-batch-size", "1",
+        "--ckpt-format", "torch_dist",
+    ]  # fmt: skip
+    for section, key, flag in _OPTIM_FLAGS:
+        value = (config.extra.get(section) or {}).get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            argv += [f"--{flag}", str(int(value)) if flag == "lr-warmup-iters" else repr(value)]
+    return argv

@@ -1,0 +1,81 @@
+"""pretrain_sedd.py checkpoint -> published layout (config.json + model.safetensors)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sedd_megatron.checkpoint import locate, verify, world
+from sedd_megatron.checkpoint.loader import SEDDModelInfo, load_sedd_model
+from sedd_megatron.plain.layout import CheckpointError
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    info: SEDDModelInfo  # what was exported (iteration, EMA or raw, config)
+    max_relative_difference: float | None  # of the log-scores, when verified
+
+
+def export_checkpoint(
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    iteration: int | None = None,
+    use_ema: bool | None = None,
+    safetensors: bool = True,
+    pytorch_bin: bool = False,
+    verify_outputs: bool = False,
+) -> ExportResult:
+    """Write iteration ``iteration`` (default: the latest) of a pretrain_sedd.py checkpoint to
+    ``out_dir`` in the published layout, loadable by ``plain.SEDD.from_pretrained``.
+
+    ``use_ema``: None = the EMA weights if saved, True = require them, False = raw weights.
+    Runs in the current Megatron world (gathering TP/PP shards; rank 0 writes) or starts a
+    one-process one. ``out_dir`` must not exist; it appears complete or not at all.
+    ``verify_outputs`` compares the log-scores of the written files with the Megatron model's.
+    """
+    target = world.new_output_dir(out_dir)
+    if locate.source_kind(ckpt_dir) != "megatron":
+        raise CheckpointError(
+            f"{ckpt_dir} is not a pretrain_sedd.py checkpoint (nothing to export)"
+        )
+    locate.find_iteration(ckpt_dir, iteration)  # fail early, before any process group
+    with world.distributed_world():
+        from sedd_megatron.models.sedd.state_dict_adapter import reference_state_dict
+        from sedd_megatron.plain import SEDD
+
+        model, info = load_sedd_model(ckpt_dir, iteration=iteration, use_ema=use_ema)
+        reference = reference_state_dict(model)
+        staging = world.staging_path(target)
+        with world.published(staging, target):
+            world.on_rank0(
+                lambda: plain_model(info.config, reference).save_pretrained(
+                    staging, safetensors=safetensors, pytorch_bin=pytorch_bin
+                )
+            )
+            difference = None
+            if verify_outputs:
+                difference = verify.compare_with_plain(
+                    model, SEDD.from_pretrained(staging), info.config
+                )
+                check_difference(difference)
+    return ExportResult(target, info, difference)
+
+
+def plain_model(config, reference: dict[str, torch.Tensor]):
+    """A plain-PyTorch SEDD holding exactly ``reference`` (no copy of the tensors)."""
+    from sedd_megatron.plain import SEDD
+
+    with torch.device("meta"):
+        model = SEDD(config)
+    model.load_state_dict(reference, strict=True, assign=True)
+    return model.eval()
+
+
+def check_difference(difference: float) -> None:
+    if not difference <= verify.TOLERANCE:
+        raise CheckpointError(
+            f"verification failed: the log-scores differ by {difference:.3g} (relative), more "
+            f"than {verify.TOLERANCE:g}; nothing was written"
+        )

@@ -1,0 +1,163 @@
+"""Finding and reading the two kinds of SEDD checkpoint directory (no Megatron model needed).
+
+- a pretrain_sedd.py (Megatron torch_dist) checkpoint: ``latest_checkpointed_iteration.txt``
+  naming ``iter_NNNNNNN/`` (or ``release/``); a complete iteration directory holds
+  ``metadata.json`` and ``.metadata``; the common state (with the training ``args``) is read
+  without unpickling arbitrary objects (Megatron stores it for ``weights_only`` loading);
+- a plain directory in the published ``louaaron/sedd-*`` layout: ``config.json`` and
+  ``model.safetensors`` or ``pytorch_model.bin`` (read only with ``weights_only=True``).
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sedd_megatron.plain.checkpoint import CONFIG_NAME, find_weights_file, read_state_dict
+from sedd_megatron.plain.config import ConfigError, SEDDConfig
+from sedd_megatron.plain.layout import CheckpointError, check_state_dict
+
+TRACKER_NAME = "latest_checkpointed_iteration.txt"
+_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+
+
+@dataclass(frozen=True)
+class CheckpointIteration:
+    """One saved iteration of a Megatron checkpoint directory."""
+
+    path: Path  # the iteration directory (iter_NNNNNNN or release)
+    iteration: int  # 0 for a release checkpoint
+    release: bool = False
+
+
+def source_kind(source: str | Path) -> str:
+    """``"plain"`` (has config.json) or ``"megatron"`` (a checkpoint directory); else an error."""
+    path = Path(source)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if (path / CONFIG_NAME).is_file():
+        return "plain"
+    if (path / TRACKER_NAME).exists() or _iteration_dirs(path) or _is_iteration_dir(path):
+        return "megatron"
+    if not any(path.iterdir()):
+        raise CheckpointError(f"{path} is empty: not a SEDD checkpoint")
+    raise CheckpointError(
+        f"{path} is neither a plain SEDD checkpoint (no {CONFIG_NAME}) nor a pretrain_sedd.py "
+        f"checkpoint (no {TRACKER_NAME} or iter_NNNNNNN directories)"
+    )
+
+
+def find_iteration(ckpt_dir: str | Path, iteration: int | None = None) -> CheckpointIteration:
+    """The iteration to read: ``iteration`` if given, else the one the tracker file names.
+
+    ``ckpt_dir`` may also be an iteration directory itself. Raises CheckpointError for a missing
+    or empty directory, an unreadable tracker, or an incomplete (interrupted) iteration.
+    """
+    path = Path(ckpt_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if _is_iteration_dir(path):
+        found = _ITER_DIR.match(path.name)
+        number = int(found.group(1)) if found else 0
+        if iteration is not None and iteration != number:
+            raise CheckpointError(f"{path} is iteration {number}, not {iteration}")
+        return _complete(CheckpointIteration(path, number, release=found is None), path.parent)
+    if iteration is not None:
+        return _complete(CheckpointIteration(path / f"iter_{iteration:07d}", iteration), path)
+    tracker = path / TRACKER_NAME
+    if not tracker.is_file():
+        if not any(path.iterdir()):
+            raise CheckpointError(f"{path} is empty: no checkpoint was saved there")
+        raise CheckpointError(
+            f"{path} has no {TRACKER_NAME} (no completed save){_available(path)}; "
+            "pass an iteration explicitly"
+        )
+    text = tracker.read_text().strip()
+    if text == "release":
+        return _complete(CheckpointIteration(path / "release", 0, release=True), path)
+    if not text.isdigit():
+        raise CheckpointError(f"{tracker} does not name an iteration (it holds {text!r})")
+    number = int(text)
+    return _complete(CheckpointIteration(path / f"iter_{number:07d}", number), path)
+
+
+def read_checkpoint_args(ckpt_dir: str | Path, iteration: int | None = None):
+    """The Megatron ``args`` (argparse.Namespace) saved by pretrain_sedd.py with the iteration."""
+    return read_common_state(find_iteration(ckpt_dir, iteration))["args"]
+
+
+def read_common_state(where: CheckpointIteration) -> dict:
+    from megatron.core import dist_checkpointing
+
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(where.path))
+    except Exception as err:  # Megatron raises several types for unreadable checkpoints
+        raise CheckpointError(f"cannot read the common state of {where.path}: {err}") from err
+    args = common.get("args") if isinstance(common, dict) else None
+    if args is None or not hasattr(args, "sedd_graph"):
+        raise CheckpointError(f"{where.path} was not saved by pretrain_sedd.py (no SEDD args)")
+    return common
+
+
+def saved_tensor_keys(where: CheckpointIteration) -> set[str]:
+    """Keys of the tensors stored in a torch_dist iteration (read from its .metadata)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        return set(FileSystemReader(str(where.path)).read_metadata().state_dict_metadata)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {where.path / '.metadata'}: {err}") from err
+
+
+def has_ema_weights(where: CheckpointIteration) -> bool:
+    return any(key.startswith("ema.") for key in saved_tensor_keys(where))
+
+
+def read_plain_checkpoint(directory: str | Path) -> tuple[SEDDConfig, dict[str, torch.Tensor]]:
+    """Config and validated float32 reference state dict of a published-layout directory."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory")
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{path} has no {CONFIG_NAME}")
+    try:
+        config = SEDDConfig.from_json(path / CONFIG_NAME)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
+    weights = find_weights_file(path)
+    state_dict = read_state_dict(weights)
+    try:
+        check_state_dict(state_dict, config)
+    except CheckpointError as err:
+        raise CheckpointError(f"{weights} vs {CONFIG_NAME}: {err}") from err
+    return config, {k: v.to(torch.float32).contiguous() for k, v in state_dict.items()}
+
+
+def _is_iteration_dir(path: Path) -> bool:
+    named = _ITER_DIR.match(path.name) is not None or path.name == "release"
+    return named and (path / "metadata.json").is_file()
+
+
+def _iteration_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and _ITER_DIR.match(p.name))
+
+
+def _available(path: Path) -> str:
+    done = [p.name for p in _iteration_dirs(path) if _is_complete(p)]
+    return f" (complete iterations: {', '.join(done)})" if done else ""
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / "metadata.json").is_file() and (path / ".metadata").is_file()
+
+
+def _complete(where: CheckpointIteration, ckpt_dir: Path) -> CheckpointIteration:
+    if not where.path.is_dir():
+        raise CheckpointError(f"{ckpt_dir} has no {where.path.name}{_available(ckpt_dir)}")
+    if not _is_complete(where.path):
+        raise CheckpointError(
+            f"{where.path} is incomplete (no metadata.json or .metadata: an interrupted "
+            f"save?){_available(ckpt_dir)}"
+        )
+    return where

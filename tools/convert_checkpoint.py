@@ -1,0 +1,117 @@
+"""Convert SEDD checkpoints between pretrain_sedd.py (Megatron) and the published layout.
+
+    python tools/convert_checkpoint.py export --load CKPT [--iteration N] [--raw] \
+        [--pytorch-bin] --out DIR [--verify]
+    python tools/convert_checkpoint.py import --plain DIR --out CKPT [--tp T --pp P] [--verify]
+
+export writes config.json + model.safetensors (EMA weights unless --raw) from the latest (or the
+given) iteration, gathering any TP/PP split. import writes a Megatron release checkpoint split
+for TP x PP; with T*P > 1 it checks the input, then re-launches itself under
+``torchrun --standalone --nproc_per_node=T*P`` (already under torchrun, it runs as is).
+--verify compares log-scores of source and result on random inputs (fails above 1e-5).
+Errors print one line and exit with status 2; the output directory is then left absent.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="convert_checkpoint.py", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="pretrain_sedd.py checkpoint -> published layout")
+    export.add_argument("--load", required=True, help="pretrain_sedd.py --save directory")
+    export.add_argument("--iteration", type=int, help="iteration to export (default: latest)")
+    export.add_argument("--raw", action="store_true", help="raw weights instead of the EMA ones")
+    export.add_argument("--pytorch-bin", action="store_true", help="also write pytorch_model.bin")
+    export.add_argument("--out", required=True, help="new output directory")
+    export.add_argument("--verify", action="store_true", help="compare log-scores after writing")
+    imp = commands.add_parser("import", help="published layout -> pretrain_sedd.py checkpoint")
+    imp.add_argument("--plain", required=True, help="config.json + model.safetensors directory")
+    imp.add_argument("--out", required=True, help="new checkpoint directory (for --load)")
+    imp.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the result")
+    imp.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the result")
+    imp.add_argument("--verify", action="store_true", help="compare log-scores after writing")
+    args = parser.parse_args(argv)
+    if args.command == "import" and (args.tp < 1 or args.pp < 1):
+        parser.error("--tp and --pp must be positive")
+    return args
+
+
+def run_export(args) -> str:
+    from sedd_megatron.checkpoint import export_checkpoint
+
+    result = export_checkpoint(
+        args.load,
+        args.out,
+        iteration=args.iteration,
+        use_ema=False if args.raw else None,
+        pytorch_bin=args.pytorch_bin,
+        verify_outputs=args.verify,
+    )
+    info = result.info
+    weights = "EMA" if info.ema else "raw"
+    return _report(
+        f"exported iteration {info.iteration} ({weights} weights) of {args.load} to {result.path}",
+        result.max_relative_difference,
+    )
+
+
+def run_import(args, argv) -> str | None:
+    from sedd_megatron.checkpoint import import_checkpoint, read_plain_checkpoint
+    from sedd_megatron.checkpoint.world import new_output_dir
+
+    nproc = args.tp * args.pp
+    if nproc > 1 and "RANK" not in os.environ:
+        read_plain_checkpoint(args.plain)  # report bad input here, not from every rank
+        new_output_dir(args.out)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", __file__, *argv]  # fmt: skip
+        code = subprocess.run(cmd).returncode
+        if code:
+            raise SystemExit(code)
+        return None  # rank 0 of the launched job printed the report
+    result = import_checkpoint(
+        args.plain, args.out, tp=args.tp, pp=args.pp, verify_outputs=args.verify
+    )
+    return _report(
+        f"imported {args.plain} as a TP={result.tp} PP={result.pp} release checkpoint "
+        f"{result.path} (pretrain_sedd.py --load {result.path})",
+        result.max_relative_difference,
+    )
+
+
+def _report(line: str, difference: float | None) -> str:
+    if difference is not None:
+        line += f"\nverify: max relative difference of the log-scores {difference:.3g} (ok)"
+    return line
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)  # torch.distributed.checkpoint chatter
+    from sedd_megatron.plain.config import ConfigError
+    from sedd_megatron.plain.layout import CheckpointError
+
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        report = run_export(args) if args.command == "export" else run_import(args, argv)
+    except (CheckpointError, ConfigError, FileExistsError) as err:
+        if rank0:
+            print(f"convert_checkpoint.py: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if report and rank0:
+        print(report, flush=True)
+
+
+if __name__ == "__main__":
+    main()
