@@ -1,0 +1,209 @@
+"""The sampler engine: the reverse process over a score model, on one rank or TP/PP layers.
+
+Per draw (spec §6): clamp the prompt positions, compute the transition weights, draw the new
+tokens; the prompt is clamped again before the denoiser and on the output. Two modes:
+
+* default (float64, layout-independent): the exponential race argmax_y w_y / E_y with
+  E = -log1p(-u) in float64 (``sedd_megatron.diffusion.categorical``), u keyed by
+  (seed, sample index, step, column tile) (``rng``). Each tensor-parallel rank races over its own
+  vocabulary shard (weights from its scores plus an all-reduced (B, L) sum, ``weights``) and
+  one all-gather of (best value, index) per token picks the winner: the vocabulary is never
+  gathered, and float64 copies are made one (L, tile width) block at a time. Absorb: only masked
+  tokens are drawn (an unmasked token stays with probability 1). Only the last pipeline stage
+  draws; the tokens are broadcast to the other stages. Sample i with seed s is the same in any
+  batch and on any TP/PP layout, up to the float rounding of the forward pass itself.
+* ``fp32_sampling``: the reference's draw (``catsample``) from the global torch RNG, float32
+  weights from ``sedd_megatron.diffusion.sampling``. It reproduces the reference's draws
+  exactly when the whole vocabulary is on one rank (TP = 1), the global RNG of the model's
+  device starts in the reference's state (``seed`` given: ``torch.manual_seed(seed)``; None:
+  left as it is) and the batch is the reference's batch, drawn in its order (samples then depend
+  on the batch size and composition).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sedd_megatron.diffusion import (
+    PREDICTORS,
+    denoiser_probs,
+    exponential_noise,
+    mask_projector,
+    sample_categorical,
+)
+
+from .prompts import Condition
+from .rng import LIMIT_STEP, KeyedUniforms, tile_width
+from .weights import Step, num_columns, schedule, score_sum, tile_weights
+
+# float64 elements per (rows x tile) block of the race: cache-sized on CPU, large on GPUs
+CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """predictor: analytic (default), euler or none (only the denoiser draws); steps; eps: the
+    last time; denoise: final denoising step; fp32_sampling: the reference's float32 draws."""
+
+    predictor: str = "analytic"
+    steps: int = 128
+    eps: float = 1e-5
+    denoise: bool = True
+    fp32_sampling: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Sampler:
+    """Draws token sequences from a score model (``backends``) with ``options``."""
+
+    def __init__(self, model, options: SamplingOptions = SamplingOptions()):
+        if options.fp32_sampling and model.tp_size > 1:
+            raise ValueError(
+                "--fp32-sampling reproduces the reference's draws over the full vocabulary on "
+                f"one rank; this model is split over {model.tp_size} tensor-parallel ranks"
+            )
+        self.model = model
+        self.options = options
+        self.graph, self.noise = model.graph, model.noise
+        self.steps = schedule(
+            model.noise, options.steps, options.predictor, options.eps, options.denoise
+        )
+
+    def sample(
+        self,
+        conditions: Sequence[Condition] | None,
+        sample_ids: Sequence[int],
+        seed: int | None,
+        callback: Callable | None = None,
+        progress: Callable | None = None,
+    ) -> torch.Tensor:
+        """Tokens (B, L) for samples ``sample_ids`` (one per row; keys of their random streams),
+        clamped to ``conditions`` (one per row, or None). ``callback(step, x_in, weights, x_out)``
+        sees every draw on the sampling rank (weights: the fp32 mode's only); ``progress()`` is
+        called after every draw."""
+        device, length = self.model.device, self.model.seq_length
+        batch = len(sample_ids)
+        conditions = conditions or [Condition.none()] * batch
+        dense = [c.dense(length) for c in conditions]
+        project = mask_projector(
+            torch.stack([m for m, _ in dense]).to(device),
+            torch.stack([v for _, v in dense]).to(device),
+        )
+        if self.options.fp32_sampling:
+            if seed is not None:
+                torch.manual_seed(seed)
+            x = self.graph.sample_limit(batch, length, device=device)
+            draw = self._draw_reference
+        else:
+            if seed is None:
+                raise ValueError("the float64 sampler needs a seed")
+            self.uniforms = KeyedUniforms(device, seed)
+            x = self._limit(sample_ids, length, device)
+            draw = self._draw_sharded
+        x = self.model.share_tokens(x)
+        for step in self.steps:
+            x = project(x)
+            sigma = torch.full((batch,), step.sigma, dtype=torch.float32, device=device)
+            log_score = self.model.log_score(x, sigma)
+            new = x.clone()
+            if self.model.is_last_stage:
+                new, weights = draw(step, x, log_score, sample_ids)
+                if callback is not None:
+                    callback(step, x, weights, new)
+            x = self.model.share_tokens(new)
+            if progress is not None:
+                progress()
+        return project(x)
+
+    def _limit(self, sample_ids, length, device):
+        if self.graph.absorb:
+            return self.graph.sample_limit(len(sample_ids), length, device=device)
+        rows = [self.uniforms.randint(i, LIMIT_STEP, self.graph.dim, length) for i in sample_ids]
+        return torch.stack(rows).to(device)
+
+    def _draw_reference(self, step: Step, x, log_score, sample_ids):
+        """The reference's float32 weights and draw (global RNG), full vocabulary."""
+        score_fn = lambda _x, _sigma: log_score[..., : self.graph.dim]
+        t = torch.full((x.shape[0], 1), step.t, dtype=torch.float32, device=x.device)
+        if step.kind == "denoise":
+            probs = denoiser_probs(self.graph, self.noise, score_fn, x, t)
+        else:
+            dt = (1 - self.options.eps) / self.options.steps
+            probs = PREDICTORS[step.kind](self.graph, self.noise, score_fn, x, t, dt)
+        return sample_categorical(probs, torch.float32), probs
+
+    def _draw_sharded(self, step: Step, x, log_score, sample_ids):
+        """Exponential race over this rank's columns, then the best over the TP group."""
+        graph, model = self.graph, self.model
+        length = x.shape[1]
+        start = model.vocab_start
+        stop = min(model.vocab_end, num_columns(graph, step))  # columns this rank races over
+        real = model.vocab_end - start  # real (unpadded) columns held here
+        width = tile_width(graph.dim)
+        if graph.absorb:  # only masked tokens move; the others stay with probability 1
+            active = x == graph.dim - 1
+        else:
+            active = torch.ones_like(x, dtype=torch.bool)
+        budget = CHUNK_ELEMENTS.get(x.device.type, 1 << 20)
+        chunks = self._row_chunks(active, max(1, budget // (length * width)))
+
+        total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        for _, _, b, pos in chunks:
+            for c0 in range(0, real, width):
+                scores = log_score[b, pos, c0 : min(c0 + width, real)]
+                total[b, pos] += score_sum(graph, scores, start + c0)
+        total = model.all_reduce_sum(total)
+
+        best = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)
+        index = x.clone()
+        for rows, r, b, pos in chunks:
+            for tile in range(start // width, -(-stop // width) if stop > start else 0):
+                lo, hi = max(tile * width, start), min((tile + 1) * width, stop)
+                u = torch.stack(
+                    [
+                        self.uniforms.tile(sample_ids[i], step.index, tile, length, width)
+                        for i in rows
+                    ]
+                )[r, pos, lo - tile * width : hi - tile * width]
+                scores = log_score[b, pos, lo - start : hi - start]
+                value = tile_weights(graph, step, scores, x[b, pos], lo, total[b, pos])
+                value /= exponential_noise(u)
+                arg = value.argmax(-1)
+                top = value.gather(-1, arg[:, None]).squeeze(-1)
+                better = top > best[b, pos]
+                best[b, pos] = torch.where(better, top, best[b, pos])
+                index[b, pos] = torch.where(better, arg + lo, index[b, pos])
+        winner = model.best_over_shards(best.flatten(), index.flatten()).view_as(x)
+        return torch.where(active, winner, x), None
+
+    @staticmethod
+    def _row_chunks(active, rows_per_chunk: int):
+        """Batch rows with active tokens, in chunks: (rows, chunk row, batch row, position) of
+        every active token."""
+        present = active.any(1).nonzero().squeeze(-1).tolist()
+        chunks = []
+        for k in range(0, len(present), rows_per_chunk):
+            rows = present[k : k + rows_per_chunk]
+            r, pos = active[rows].nonzero(as_tuple=True)
+            chunks.append((rows, r, torch.as_tensor(rows, device=active.device)[r], pos))
+        return chunks
+
+    @torch.no_grad()
+    def weights(self, x: torch.Tensor, step: Step) -> torch.Tensor | None:
+        """The float64 weights (B, L, columns) of ``step`` at tokens x, full vocabulary
+        (TP = 1; None on other pipeline stages): what ``_draw_sharded`` races over."""
+        if self.model.tp_size > 1:
+            raise ValueError("weights() needs the full vocabulary on one rank (TP = 1)")
+        sigma = torch.full((x.shape[0],), step.sigma, dtype=torch.float32, device=x.device)
+        log_score = self.model.log_score(x, sigma)
+        if log_score is None:
+            return None
+        log_score = log_score[..., : self.graph.dim].reshape(-1, self.graph.dim)
+        flat = x.reshape(-1)
+        total = score_sum(self.graph, log_score, 0)
+        cols = num_columns(self.graph, step)
+        w = tile_weights(self.graph, step, log_score[:, :cols], flat, 0, total)
+        return w.view(*x.shape, cols)
