@@ -1,0 +1,251 @@
+"""Monte-Carlo designs over the diffusion time t (and the number of corrupted positions) for the
+ELBO of one block.
+
+The quantity estimated for a block x0 of L tokens is the paper's (SEDD_SPEC.md section 5):
+
+    ELBO(x0) = E_{t ~ U(eps, 1)} E_{x_t ~ p_{t|0}(.|x0)} [ sum_l sigma_bar'(t) SE_l(x_t, x0) ],
+
+the expected reference training loss (no (1 - eps) density correction; the [0, eps] part and
+the prior KL are left out, as in the paper). Under the forward process every position is
+corrupted independently with probability q(t) = 1 - exp(-sigma_bar(t)) (masked for the absorbing
+graph, redrawn uniformly for the uniform graph), so the number k of corrupted positions is
+Binomial(L, q(t)) and, given k, the corrupted set is a uniform k-subset. Hence
+
+    ELBO(x0) = 1/(1 - eps) int_eps^1 sum_k Bin(k; L, q(t)) F(t, k) dt,
+    F(t, k) = E_{uniform k-subset} [ sum_l sigma_bar'(t) SE_l ].
+
+Every design draws ``replicates`` independent groups of ``points`` evaluations; each
+evaluation j has a time t_j, a weight w_j and optionally a count k_j, and
+``mean_j w_j * loss_j`` of a group is an unbiased estimate of ELBO(x0). The spread between
+groups gives the Monte-Carlo variance (so any design gets an honest confidence interval).
+
+- :class:`MonteCarloDesign` (``mc``): the paper. t ~ U(eps, 1) i.i.d., x_t from the forward
+  process, weight 1. Each evaluation is its own group.
+- :class:`StratifiedDesign` (``stratified``): [eps, 1] cut into ``points`` equal strata, one
+  uniform t per stratum, x_t from the forward process, weight 1.
+- :class:`CountImportanceDesign` (``importance``): importance sampling over (t, k) with a
+  proposal proportional to Bin(k; L, q(t)) * omega(t, k), tabulated on a grid in
+  z = arcsin(sqrt(q)) (binomial variance-stabilising), stratified over the cells ordered by k,
+  then t. For the absorbing graph omega = k * d/dt log q(t), the integrand of a predictor with a
+  constant per-token cross-entropy (then w_j * F(t_j, k_j) is nearly constant), which removes
+  the variance of the number of masked tokens and of the 1/t weighting near t = eps; for the
+  uniform graph omega = sigma_bar'(t) (L + k log(N) / (e^sigma_bar - 1)). The weight is the
+  exact density ratio w = Bin(k; L, q(t)) / ((1 - eps) g(t, k)), so the estimate is unbiased
+  whatever the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DESIGNS = ("mc", "stratified", "importance")
+
+
+@dataclass
+class Draws:
+    """The evaluation points of one block: (replicates, points) tensors."""
+
+    t: torch.Tensor  # float64
+    weight: torch.Tensor  # float64
+    count: torch.Tensor | None = None  # int64 number of corrupted positions, or None (i.i.d.)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.t.shape)
+
+
+class Design:
+    """Base class: ``draw(generator) -> Draws`` for one block."""
+
+    name = ""
+
+    def __init__(self, replicates: int, points: int, eps: float = 1e-3):
+        if replicates < 1 or points < 1:
+            raise ValueError(f"need replicates >= 1 and points >= 1, got {replicates}, {points}")
+        if not 0 < eps < 1:
+            raise ValueError(f"t_eps must be in (0, 1), got {eps}")
+        self.replicates, self.points, self.eps = replicates, points, eps
+
+    @property
+    def evaluations(self) -> int:
+        return self.replicates * self.points
+
+    def draw(self, generator: torch.Generator) -> Draws:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {
+            "design": self.name,
+            "replicates": self.replicates,
+            "points_per_replicate": self.points,
+            "t_eps": self.eps,
+        }
+
+
+class MonteCarloDesign(Design):
+    """The paper's estimator: i.i.d. t ~ U(eps, 1) drawn as (1 - eps) * rand + eps."""
+
+    name = "mc"
+
+    def __init__(self, num_samples: int, eps: float = 1e-3):
+        super().__init__(num_samples, 1, eps)
+
+    def draw(self, generator):
+        u = torch.rand(self.replicates, 1, generator=generator, dtype=torch.float64)
+        t = (1 - self.eps) * u + self.eps
+        return Draws(t=t, weight=torch.ones_like(t))
+
+
+class StratifiedDesign(Design):
+    """One uniform t in each of ``points`` equal strata of [eps, 1], per replicate."""
+
+    name = "stratified"
+
+    def draw(self, generator):
+        u = torch.rand(self.replicates, self.points, generator=generator, dtype=torch.float64)
+        strata = torch.arange(self.points, dtype=torch.float64)
+        t = self.eps + (1 - self.eps) * (strata + u) / self.points
+        return Draws(t=t, weight=torch.ones_like(t))
+
+
+def corruption_probability(noise, t: torch.Tensor) -> torch.Tensor:
+    """q(t) = 1 - exp(-sigma_bar(t)), float64."""
+    sigma, _ = noise(t.double())
+    return -torch.expm1(-sigma)
+
+
+def inverse_time(noise, q: torch.Tensor, eps: float, iters: int = 80) -> torch.Tensor:
+    """t in [eps, 1] with q(t) = q (bisection; sigma_bar is increasing), float64."""
+    lo = torch.full_like(q, eps, dtype=torch.float64)
+    hi = torch.ones_like(lo)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        below = corruption_probability(noise, mid) < q
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def log_binomial(k: torch.Tensor, n: int, sigma: torch.Tensor) -> torch.Tensor:
+    """log Bin(k; n, q) with q = 1 - e^{-sigma}, computed from sigma (stable near 0 and 1)."""
+    k = k.double()
+    log_q = torch.log(-torch.expm1(-sigma))
+    log_1mq = -sigma
+    log_choose = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    return log_choose + k * log_q + (n - k) * log_1mq
+
+
+class CountImportanceDesign(Design):
+    """Importance sampling over (t, k), stratified over cells ordered by k then t."""
+
+    name = "importance"
+
+    def __init__(
+        self,
+        graph,
+        noise,
+        seq_length: int,
+        replicates: int,
+        points: int,
+        eps: float = 1e-3,
+        grid_size: int | None = None,
+    ):
+        super().__init__(replicates, points, eps)
+        self.graph, self.noise, self.length = graph, noise, seq_length
+        self.absorb = bool(graph.absorb)
+        grid = grid_size or max(256, int(24 * math.sqrt(seq_length)))
+        q_lo = corruption_probability(noise, torch.tensor([eps], dtype=torch.float64))
+        q_hi = corruption_probability(noise, torch.tensor([1.0], dtype=torch.float64))
+        z = torch.linspace(
+            torch.asin(q_lo.sqrt()).item(), torch.asin(q_hi.sqrt()).item(), grid + 1
+        ).double()
+        nodes = inverse_time(noise, torch.sin(z) ** 2, eps)
+        nodes[0], nodes[-1] = eps, 1.0
+        nodes = torch.unique(nodes)  # sorted; drops bins that collapsed numerically
+        self.nodes = nodes
+        self.widths = nodes[1:] - nodes[:-1]
+        mid = 0.5 * (nodes[1:] + nodes[:-1])
+        k = torch.arange(seq_length + 1, dtype=torch.float64)
+        log_h = self._log_target(mid[None, :], k[:, None]) + self._log_omega(
+            mid[None, :], k[:, None]
+        )
+        log_mass = log_h + self.widths.log()[None, :]  # (L + 1, bins), k-major
+        finite = torch.isfinite(log_mass)
+        top = log_mass[finite].max()
+        # every cell that can matter keeps a (tiny) positive mass: no bias from underflow
+        floor = top - 600.0
+        log_mass = torch.where(finite, log_mass.clamp_min(floor), log_mass)
+        if self.absorb:
+            log_mass[0] = -math.inf  # k = 0: nothing masked, the loss is exactly 0
+        mass = torch.exp(log_mass - top)
+        self.log_total = math.log(mass.sum().item()) + top.item()
+        self.cdf = torch.cumsum(mass.flatten(), 0)
+        self.cdf /= self.cdf[-1].clone()
+        self.log_cell_density = log_mass - self.log_total - self.widths.log()[None, :]
+
+    def _log_target(self, t, k):
+        """log of the target density over (t, k): Bin(k; L, q(t)) / (1 - eps)."""
+        sigma, _ = self.noise(t)
+        return log_binomial(k, self.length, sigma) - math.log(1 - self.eps)
+
+    def _log_omega(self, t, k):
+        from sedd_megatron.diffusion import log_expm1
+
+        sigma, dsigma = self.noise(t)
+        if self.absorb:  # k * sigma' / (e^sigma - 1) = k * d/dt log q(t)
+            return torch.log(k) + torch.log(dsigma) - log_expm1(sigma)
+        # uniform: sigma' (L + k log(N) / (e^sigma - 1)): a base term per position plus a
+        # term per redrawn position (its log-score enters with weight 1 / (e^sigma - 1))
+        per_redrawn = math.log(self.graph.num_tokens) * torch.exp(-log_expm1(sigma))
+        return torch.log(dsigma) + torch.log(self.length + k * per_redrawn)
+
+    def draw(self, generator):
+        shape = (self.replicates, self.points)
+        u = torch.rand(shape, generator=generator, dtype=torch.float64)
+        u = (torch.arange(self.points, dtype=torch.float64) + u) / self.points
+        cell = torch.searchsorted(self.cdf, u.flatten().contiguous(), right=True)
+        cell = cell.clamp_max(self.cdf.numel() - 1)
+        bins = self.widths.numel()
+        k, b = cell // bins, cell % bins
+        v = torch.rand(cell.shape, generator=generator, dtype=torch.float64)
+        t = self.nodes[b] + v * self.widths[b]
+        log_g = self.log_cell_density[k, b]
+        log_w = self._log_target(t, k.double()) - log_g
+        return Draws(t=t.view(shape), weight=torch.exp(log_w).view(shape), count=k.view(shape))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "grid_bins": int(self.widths.numel())}
+
+
+def build_design(
+    name: str,
+    num_samples: int,
+    graph,
+    noise,
+    seq_length: int,
+    *,
+    replicates: int | None = None,
+    eps: float = 1e-3,
+) -> Design:
+    """A design with ``num_samples`` model evaluations per block.
+
+    ``replicates`` (stratified/importance; default 10, or fewer if num_samples is small):
+    independent groups of num_samples / replicates points; it must divide num_samples.
+    """
+    if name not in DESIGNS:
+        raise ValueError(f"unknown t-design {name!r} (expected one of {DESIGNS})")
+    if num_samples < 1:
+        raise ValueError(f"num_t_samples must be positive, got {num_samples}")
+    if name == "mc":
+        return MonteCarloDesign(num_samples, eps)
+    if replicates is None:
+        replicates = next(r for r in (10, 8, 5, 4, 2, 1) if num_samples % r == 0)
+    if replicates < 1 or num_samples % replicates:
+        raise ValueError(f"replicates ({replicates}) must divide num_t_samples ({num_samples})")
+    points = num_samples // replicates
+    if name == "stratified":
+        return StratifiedDesign(replicates, points, eps)
+    return CountImportanceDesign(graph, noise, seq_length, replicates, points, eps)

@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""ELBO / perplexity bound of a SEDD model (paper protocol by default), with a confidence interval.
+
+Examples:
+  # a published-layout directory, PTB test, the paper's 1000 t-samples per block
+  python tools/eval_elbo_sedd.py --load runs/quickstart/export --data ptb-test
+  # a pretrain_sedd.py checkpoint, TP=2, data parallel over blocks, variance-reduced design
+  torchrun --nproc-per-node 4 tools/eval_elbo_sedd.py --load runs/quickstart/checkpoint --tp 2 \
+      --data ptb-valid --design importance --num-t-samples 100 --output elbo.json --plot elbo.png
+  # how many fewer model evaluations the variance-reduced designs need for the same CI width
+  python tools/eval_elbo_sedd.py --load CKPT --data ptb-valid --blocks 16 --compare mc,importance
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from sedd_megatron.evaluation.designs import DESIGNS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--load", required=True, help="pretrain_sedd.py checkpoint or plain directory")
+    g.add_argument("--iteration", type=int, help="checkpoint iteration (default: latest)")
+    g.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
+    g.add_argument(
+        "--backend",
+        choices=("auto", "plain", "megatron"),
+        default="auto",
+        help="plain PyTorch (published layout, one process) or Megatron (TP/PP/DP); "
+        "auto: plain for a published-layout directory in a single process",
+    )
+    g.add_argument("--tp", type=int, default=1, help="tensor parallel size (Megatron)")
+    g.add_argument("--pp", type=int, default=1, help="pipeline parallel size (Megatron)")
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default="ptb-test",
+        help="ptb-test | ptb-valid | ptb-train | a .txt/.jsonl file | an indexed "
+        "dataset prefix (PREFIX.bin/.idx)",
+    )
+    g.add_argument("--json-key", default="text", help="JSONL field holding the text")
+    g.add_argument("--per-line", action="store_true", help="text file: one document per line")
+    g.add_argument("--detokenizer", default="auto", choices=("auto", "ptb", "ptb-extended", "none"))
+    g.add_argument("--seq-length", type=int, help="block length (default: the model's)")
+    g.add_argument("--blocks", type=int, help="evaluate only the first N blocks")
+    g = p.add_argument_group("estimator")
+    g.add_argument("--num-t-samples", type=int, default=1000, help="model evaluations per block")
+    g.add_argument(
+        "--design",
+        choices=DESIGNS,
+        default="mc",
+        help="mc: the paper's i.i.d. t; stratified: stratified t; importance: "
+        "count-stratified importance sampling over (t, #corrupted)",
+    )
+    g.add_argument(
+        "--replicates",
+        type=int,
+        help="independent replicates per block (stratified/importance; default 10)",
+    )
+    g.add_argument("--t-eps", type=float, default=1e-3, help="t ~ [t_eps, 1]")
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per model call")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--level", type=float, default=0.95, help="confidence level")
+    g.add_argument(
+        "--compare",
+        help="comma-separated designs to compare (the first is the "
+        "baseline): prints evaluations needed for equal CI width",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument("--output", help="JSON file: settings, summary, per-block values")
+    g.add_argument("--save-draws", action="store_true", help="also store every draw in the JSON")
+    g.add_argument("--plot", help="PNG of the ELBO integrand against t")
+    g.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def make_scorer(args):
+    """(scorer, started_distributed)."""
+    from sedd_megatron.evaluation.errors import EvalError
+    from sedd_megatron.evaluation.models import is_plain_dir, megatron_scorer, plain_scorer
+
+    if not os.path.exists(args.load):
+        raise EvalError(f"model not found: {args.load}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plain = args.backend == "plain" or (
+        args.backend == "auto" and is_plain_dir(args.load) and world == 1 and args.tp * args.pp == 1
+    )
+    if plain:
+        if world > 1:
+            raise EvalError("--backend plain runs in one process; use --backend megatron")
+        return plain_scorer(args.load), False
+    from sedd_megatron.runtime import init_distributed
+
+    if world % (args.tp * args.pp):
+        raise EvalError(f"WORLD_SIZE {world} is not a multiple of tp*pp = {args.tp * args.pp}")
+    init_distributed(tp=args.tp, pp=args.pp, seed=args.seed)
+    scorer = megatron_scorer(
+        args.load,
+        iteration=args.iteration,
+        use_ema=False if args.raw else None,
+        seq_length=args.seq_length,
+    )
+    return scorer, True
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    from sedd_megatron.evaluation.data import load_eval_data
+    from sedd_megatron.evaluation.elbo import compare_designs, evaluate_elbo
+
+    scorer, started = make_scorer(args)
+    rank0 = not started or int(os.environ.get("RANK", "0")) == 0
+    try:
+        data = load_eval_data(
+            args.data,
+            args.seq_length or scorer.seq_length,
+            max_blocks=args.blocks,
+            json_key=args.json_key,
+            per_line=args.per_line,
+            detokenizer=args.detokenizer,
+            vocab_size=scorer.num_tokens,
+        )
+        if rank0:
+            print(f"data: {json.dumps(data.summary())}", flush=True)
+        common = dict(seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+        if args.compare:
+            designs = {}
+            for name in [d.strip() for d in args.compare.split(",") if d.strip()]:
+                designs[name] = dict(
+                    design=name,
+                    num_t_samples=args.num_t_samples,
+                    replicates=args.replicates,
+                    t_eps=args.t_eps,
+                )
+            rows = compare_designs(scorer, data.blocks, designs, **common)
+            if rank0:
+                print_comparison(rows)
+                if args.output:
+                    with open(args.output, "w") as f:
+                        json.dump(
+                            {"data": data.summary(), "designs": rows}, f, indent=1, default=str
+                        )
+            return 0
+        result = evaluate_elbo(
+            scorer,
+            data.blocks,
+            design=args.design,
+            num_t_samples=args.num_t_samples,
+            replicates=args.replicates,
+            t_eps=args.t_eps,
+            level=args.level,
+            **common,
+        )
+        result.settings["data"] = data.summary()
+        if rank0:
+            print_summary(result.summary())
+            if args.output:
+                result.to_json(args.output, draws=args.save_draws)
+                print(f"wrote {args.output}")
+            if args.plot:
+                result.plot(args.plot)
+                print(f"wrote {args.plot}")
+        return 0
+    finally:
+        if started:
+            from sedd_megatron.runtime import destroy_distributed
+
+            destroy_distributed()
+
+
+def print_summary(s: dict) -> None:
+    pct = round(100 * s["confidence_level"])
+    lo, hi = s["ci_nats_per_token"]
+    plo, phi = s["ci_ppl_bound"]
+    print(
+        f"ELBO: {s['nats_per_token']:.4f} nats/token ({pct}% CI {lo:.4f} .. {hi:.4f}), "
+        f"{s['bits_per_token']:.4f} bits/token\n"
+        f"perplexity <= {s['ppl_bound']:.3f} ({pct}% CI {plo:.3f} .. {phi:.3f})\n"
+        f"{s['blocks']} blocks, {s['tokens']} tokens, {s['evaluations']} model evaluations",
+        flush=True,
+    )
+
+
+def print_comparison(rows: dict) -> None:
+    print(
+        f"{'design':<12} {'nats/token':>11} {'CI half-width':>14} {'evals':>7} "
+        f"{'var x evals':>12} {'fewer evals':>12}"
+    )
+    for name, r in rows.items():
+        print(
+            f"{name:<12} {r['nats_per_token']:>11.4f} {r['ci_half_width_nats']:>14.5f} "
+            f"{r['evaluations']:>7d} {r['variance_x_evaluations']:>12.4g} "
+            f"{r['evaluation_savings_factor']:>11.1f}x"
+        )
+    print(
+        "fewer evals: model evaluations the baseline (first row) needs for the same CI "
+        "half-width, divided by this design's"
+    )
+
+
+def main(argv=None) -> int:
+    from sedd_megatron.datasets.cli import quiet_megatron_import
+    from sedd_megatron.datasets.errors import DataError
+    from sedd_megatron.evaluation.errors import EvalError
+    from sedd_megatron.plain.config import ConfigError
+    from sedd_megatron.plain.layout import CheckpointError
+
+    quiet_megatron_import()
+    try:
+        return _main(argv)
+    except (EvalError, DataError, CheckpointError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
