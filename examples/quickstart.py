@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument(
         "--iterations",
         type=int,
-        default=400,
+        default=600,
         help="training iterations of 8 x 128 tokens (about 6 min on 2 cores)",
     )
     args = parser.parse_args()
