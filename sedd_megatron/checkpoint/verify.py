@@ -3,6 +3,8 @@
 import torch
 import torch.distributed as dist
 
+from sedd_megatron.models.sedd.pipeline import pipeline_forward
+
 TOLERANCE = 1e-5  # largest allowed relative difference of the log-scores (float32)
 
 
@@ -23,7 +25,7 @@ def full_log_scores(model, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tens
     device = next(model.parameters()).device
     x_t, sigma = x_t.to(device), sigma.to(device)
     pp_group, tp_group = model.pp_group, model.tp_group
-    out = model(x_t, sigma) if pp_group.size() == 1 else _pipeline_forward(model, x_t, sigma)
+    out = pipeline_forward(model, x_t, sigma)
     full = None
     if model.post_process:
         parts = [torch.empty_like(out) for _ in range(tp_group.size())]
@@ -35,31 +37,6 @@ def full_log_scores(model, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tens
         dist.broadcast_object_list(box, src=last, group=pp_group)
         full = box[0]
     return full
-
-
-def _pipeline_forward(model, x_t, sigma):
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    captured = {}
-
-    def loss_func(output):
-        captured["out"] = output
-        return output.sum() * 0, {}
-
-    def forward_step(data_iterator, chunk):
-        next(data_iterator)
-        return chunk(x_t, sigma), loss_func
-
-    get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=iter([None]),
-        model=[model],
-        num_microbatches=1,
-        seq_length=x_t.shape[1],
-        micro_batch_size=x_t.shape[0],
-        forward_only=True,
-    )
-    return captured.get("out")
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:

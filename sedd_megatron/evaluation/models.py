@@ -67,35 +67,10 @@ class MegatronScorer:
     @torch.no_grad()
     def __call__(self, x_t, sigma, x0):
         x_t, sigma, x0 = (v.to(self.device) for v in (x_t, sigma, x0))
-        if self.pp == 1:
-            out = self.model(x_t, sigma, x0=x0)
-        else:
-            out = self._pipeline(x_t, sigma, x0)
+        from sedd_megatron.models.sedd.pipeline import pipeline_forward
+
+        out = pipeline_forward(self.model, x_t, sigma, x0)
         return out.float().cpu() if (out is not None and self.reports) else None
-
-    def _pipeline(self, x_t, sigma, x0):
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        captured = {}
-
-        def loss_func(output):
-            captured["se"] = output.detach()
-            return output.sum() * 0, {}
-
-        def forward_step(data_iterator, model_chunk):
-            next(data_iterator)
-            return model_chunk(x_t, sigma, x0=x0), loss_func
-
-        get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter([None]),
-            model=[self.model],
-            num_microbatches=1,
-            seq_length=x_t.shape[1],
-            micro_batch_size=x_t.shape[0],
-            forward_only=True,
-        )
-        return captured.get("se")
 
 
 def is_plain_dir(path: str | os.PathLike) -> bool:

@@ -117,33 +117,9 @@ class MegatronScoreModel:
     @torch.no_grad()
     def log_score(self, x, sigma):
         sigma = sigma.to(self.device)
-        if self.pp_size == 1:
-            return self.model(x, sigma)
-        return self._pipeline_forward(x, sigma)
+        from sedd_megatron.models.sedd.pipeline import pipeline_forward
 
-    def _pipeline_forward(self, x, sigma):
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
-        captured = {}
-
-        def loss_func(output):
-            captured["output"] = output
-            return output.new_zeros(()), {}
-
-        def forward_step(data_iterator, model_chunk):
-            next(data_iterator)
-            return model_chunk(x, sigma), loss_func
-
-        get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter([None]),
-            model=[self.model],
-            num_microbatches=1,
-            seq_length=x.shape[1],
-            micro_batch_size=x.shape[0],
-            forward_only=True,
-        )
-        return captured.get("output")
+        return pipeline_forward(self.model, x, sigma)
 
     def all_reduce_sum(self, t):
         if self.tp_size > 1:
