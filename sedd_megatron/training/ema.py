@@ -90,8 +90,9 @@ class EMAWeights(torch.nn.Module):
             sharded = by_storage.get((param.data_ptr(), tuple(param.shape)))
             if sharded is None:
                 raise RuntimeError(f"EMA: no sharded tensor found for parameter {name}")
+            # The shadow is float32 even when the parameter is bf16/fp16.
             out[f"{prefix}{_buffer_name(name)}"] = replace(
-                sharded, key=f"ema.{sharded.key}", data=shadow
+                sharded, key=f"ema.{sharded.key}", data=shadow, dtype=shadow.dtype
             )
         return out
 

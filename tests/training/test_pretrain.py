@@ -30,8 +30,9 @@ def test_loss_falls_on_real_text(corpus, tmp_path):
         ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
         ["--pipeline-model-parallel-size", "2"],
         ["--use-distributed-optimizer"],
+        ["--use-distributed-optimizer", "--bf16"],
     ],
-    ids=["tp2-sp", "pp2", "dp2-distopt"],
+    ids=["tp2-sp", "pp2", "dp2-distopt", "dp2-distopt-bf16"],
 )
 def test_two_process_layouts_train(corpus, tmp_path, layout):
     metrics = tmp_path / "metrics.jsonl"
