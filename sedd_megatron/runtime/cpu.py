@@ -108,6 +108,8 @@ class _CudaToCpuMode(TorchFunctionMode):
             return self._tensor_type(args, kwargs)
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs = {**kwargs, "device": _CPU}
+        if kwargs.get("pin_memory"):  # pinned host memory needs CUDA (rotary under CP asks)
+            kwargs = {**kwargs, "pin_memory": False}
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)

@@ -156,11 +156,11 @@ def validate_sedd_args(args) -> None:
             f"horizon (--lr-decay-iters or --train-iters: {decay_iters}); the reference default "
             "is 2500 warm-up iterations"
         )
-    if args.context_parallel_size > 1:
+    cp = args.context_parallel_size
+    if cp > 1 and args.seq_length is not None and args.seq_length % (2 * cp):
         problems.append(
-            "context parallelism is not supported for SEDD yet: it needs Transformer Engine's "
-            "bidirectional context-parallel attention, which this release does not wire up; "
-            "use --context-parallel-size 1"
+            f"--seq-length ({args.seq_length}) must be divisible by 2 x --context-parallel-size "
+            f"({2 * cp}): each context-parallel rank holds two chunks of every sequence"
         )
     if problems:
         raise ConfigError("; ".join(problems))

@@ -7,7 +7,9 @@ a resumed run draws exactly what an uninterrupted one would.
 
 The gradient is that of the reference objective, the mean over sequences of
 sum_l dsigma(t) * SE_l (so gradient clipping acts as in the reference); the reported
-``lm loss`` is the same quantity per token, in nats.
+``lm loss`` is the same quantity per token, in nats. Under context parallelism each rank holds
+part of every sequence (Megatron's two-chunk layout); Megatron's DDP sums the partial gradients
+over the context-parallel ranks.
 """
 
 import copy
@@ -23,6 +25,7 @@ from sedd_megatron.models.sedd import (
     get_sedd_layer_spec,
     padded_vocab_size,
 )
+from sedd_megatron.models.sedd.context_parallel import split_for_context_parallel
 from sedd_megatron.training.ema import attach_ema
 from sedd_megatron.training.metrics import STEP_METRICS
 
@@ -121,6 +124,10 @@ def make_forward_step(args):
         t = sample_t(args.micro_batch_size, args.sedd_sampling_eps, device=device, generator=gen)
         sigma, dsigma = noise(t)
         x_t = None if tokens is None else graph.sample_transition(tokens, sigma[:, None], gen)
+        if tokens is not None and ps.get_context_parallel_world_size() > 1:
+            # Drawn for the whole sequence above (same draws as without CP), then split.
+            cp_rank, cp_size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
+            tokens, x_t = (split_for_context_parallel(v, cp_rank, cp_size) for v in (tokens, x_t))
         # sigma by keyword: Megatron's Float16Module casts positional float inputs to bf16/fp16.
         output = model(x_t, sigma=sigma, x0=tokens if post else None)
         return output, partial(loss_func, dsigma)

@@ -23,6 +23,8 @@ LAYOUTS = {
 CASES = [(m, layout) for m in ("tiny_absorb", "tiny_uniform") for layout in LAYOUTS]
 CASES.append(("tiny_absorb", "tp2-pp2"))
 LAYOUTS["tp2-pp2"] = (4, ["--tp", "2", "--pp", "2"])
+CASES.append(("tiny_absorb", "cp2"))
+LAYOUTS["cp2"] = (2, ["--cp", "2"])
 
 
 @pytest.mark.distributed

@@ -47,7 +47,7 @@ def _args(**overrides):
         position_embedding_type="rope", swiglu=False, squared_relu=False,
         normalization="LayerNorm", group_query_attention=False, num_experts=None,
         lr_decay_iters=None, train_iters=100, lr_warmup_iters=10, context_parallel_size=1,
-        fp8=None, transformer_impl="local",
+        fp8=None, transformer_impl="local", seq_length=64,
     )  # fmt: skip
     return SimpleNamespace(**{**base, **overrides})
 
@@ -71,7 +71,7 @@ def test_graph_dependent_defaults():
         (dict(normalization="RMSNorm"), "LayerNorm"),
         (dict(group_query_attention=True), "multi-head"),
         (dict(lr_warmup_iters=100), "--lr-warmup-iters"),
-        (dict(context_parallel_size=2), "context parallelism"),
+        (dict(context_parallel_size=3), "divisible by 2 x"),
         (dict(fp8="hybrid"), "Transformer Engine"),
     ],
 )

@@ -21,7 +21,7 @@ CASES = {
     ),
     "gated MLP": (["--swiglu"], "GELU"),
     "warm-up longer than training": (["--lr-warmup-iters", "50"], "--lr-warmup-iters"),
-    "context parallel": (["--context-parallel-size", "2"], "context parallelism"),
+    "context parallel split": (["--context-parallel-size", "3"], "divisible by 2 x"),
     "fp8 without TE": (["--fp8-format", "hybrid"], "needs Transformer Engine"),
 }
 

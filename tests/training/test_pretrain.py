@@ -46,11 +46,12 @@ def test_two_process_layouts_train(corpus, tmp_path, layout):
 
 
 def test_layouts_agree_on_the_first_steps(corpus, tmp_path):
-    """Same data, same noise draws: TP=2 and PP=2 losses equal the single-process ones."""
+    """Same data, same noise draws: TP=2, PP=2 and CP=2 losses equal the single-process ones."""
     runs = {
         "tp1": ([], 1),
         "tp2": (["--tensor-model-parallel-size", "2"], 2),
         "pp2": (["--pipeline-model-parallel-size", "2"], 2),
+        "cp2": (["--context-parallel-size", "2"], 2),
     }
     losses = {}
     for name, (layout, nproc) in runs.items():
@@ -59,5 +60,5 @@ def test_layouts_agree_on_the_first_steps(corpus, tmp_path):
                   "--eval-interval", "3", "--eval-iters", "0",
                   "--sedd-metrics-file", str(metrics)], nproc=nproc)  # fmt: skip
         losses[name] = [read_metrics(metrics)[i]["loss"] for i in (1, 2, 3)]
-    for name in ("tp2", "pp2"):
+    for name in ("tp2", "pp2", "cp2"):
         assert losses[name] == pytest.approx(losses["tp1"], rel=1e-4), name

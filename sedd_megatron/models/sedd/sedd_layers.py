@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
@@ -112,19 +112,30 @@ class BidirectionalAttention(MegatronModule):
 
     Takes Megatron's [s, b, heads, head_dim] query/key/value for the heads of this TP rank and
     returns [s, b, heads * head_dim]. Attention dropout (0 in SEDD) draws from the model-parallel
-    RNG so TP ranks drop independently.
+    RNG so TP ranks drop independently. Under context parallelism each rank holds part of the
+    sequence: keys and values are all-gathered over the CP group (backward: reduce-scatter), and
+    the local queries attend to all of them (bidirectional attention needs no causal order).
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, **kwargs):
         super().__init__(config=config)
         self.dropout = config.attention_dropout
         self.scale = kwargs.get("softmax_scale")
+        pg_collection = kwargs.get("pg_collection")
+        self.cp_group = getattr(pg_collection, "cp", None)
+        if self.cp_group is None:
+            self.cp_group = parallel_state.get_context_parallel_group(check_initialized=False)
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, **kwargs):
         if attention_mask is not None:
             raise ValueError("SEDD attention is bidirectional: attention_mask must be None")
         if kwargs.get("packed_seq_params") is not None:
             raise ValueError("packed sequences are not supported by SEDD's local attention")
+        if self.cp_group is not None and self.cp_group.size() > 1:
+            key, value = (
+                tensor_parallel.gather_from_sequence_parallel_region(t, group=self.cp_group)
+                for t in (key, value)
+            )
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         dropout = self.dropout if self.training else 0.0
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout else nullcontext():

@@ -118,10 +118,14 @@ class SEDDModel(LanguageModule):
         self.decoder.set_input_tensor(input_tensor)
 
     def _sequence_length(self, input_ids: torch.Tensor | None) -> int:
+        """The full sequence length (rotary slices its own context-parallel part)."""
         if input_ids is not None:
-            return input_ids.shape[1]
-        local = self.decoder.input_tensor.shape[0]
-        return local * self.tp_group.size() if self.config.sequence_parallel else local
+            local = input_ids.shape[1]
+        else:
+            local = self.decoder.input_tensor.shape[0]
+            if self.config.sequence_parallel:
+                local *= self.tp_group.size()
+        return local * self.cp_group.size()
 
     def vocab_range(self) -> tuple[int, int]:
         """[start, end) of the vocabulary rows held by this TP rank, padding excluded."""
@@ -138,7 +142,8 @@ class SEDDModel(LanguageModule):
         """Run the score network.
 
         Args:
-            input_ids: x_t, int64 [b, s]; needed on the first and last pipeline stages.
+            input_ids: x_t, int64 [b, s]; needed on the first and last pipeline stages. Under
+                context parallelism: this rank's part (``split_for_context_parallel``), as x0.
             sigma: total noise sigma(t), [b], on every stage.
             x0: clean tokens [b, s]. When given (last stage), return the per-token score entropy
                 [b, s] (float32) instead of the log-score.

@@ -24,32 +24,49 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_pipeline(ddp, x_t, sigma, x0=None, dsigma=None, forward_only=True):
-    """One micro-batch through Megatron's schedule; returns the last stage's model output."""
+    """One micro-batch through Megatron's schedule; returns the last stage's model output for
+    the whole sequence (context-parallel parts are split off here and merged back)."""
+    from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from sedd_megatron.models.sedd.context_parallel import (
+        merge_from_context_parallel,
+        split_for_context_parallel,
+    )
+
+    cp_size, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    local_x_t = split_for_context_parallel(x_t, cp_rank, cp_size)
+    local_x0 = None if x0 is None else split_for_context_parallel(x0, cp_rank, cp_size)
     captured = {}
 
     def loss_func(output):
         captured["output"] = output.detach()
         if dsigma is None:
             return output.sum() * 0, {}
+        # Each CP rank holds part of every sequence: Megatron's DDP sums the partial gradients
+        # over the context-parallel ranks (it divides by the data-parallel size only).
         loss = (dsigma[:, None] * output).sum(-1)
         return loss.mean(), {}
 
     def forward_step(data_iterator, model_chunk):
         next(data_iterator)
-        return model_chunk(x_t, sigma, x0=x0), loss_func
+        return model_chunk(local_x_t, sigma, x0=local_x0), loss_func
 
     get_forward_backward_func()(
         forward_step_func=forward_step,
         data_iterator=iter([None]),
         model=[ddp],
         num_microbatches=1,
-        seq_length=x_t.shape[1],
+        seq_length=local_x_t.shape[1],
         micro_batch_size=x_t.shape[0],
         forward_only=forward_only,
     )
-    return captured.get("output")
+    output = captured.get("output")
+    if output is None or cp_size == 1:
+        return output
+    parts = [torch.empty_like(output) for _ in range(cp_size)]
+    torch.distributed.all_gather(parts, output.contiguous(), group=ps.get_context_parallel_group())
+    return merge_from_context_parallel(parts, dim=1)
 
 
 def gather_vocab(model, shard):
@@ -70,12 +87,13 @@ def main():
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--sp", action="store_true")
+    parser.add_argument("--cp", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, destroy_distributed, init_distributed
 
-    init_distributed(tp=args.tp, pp=args.pp, seed=1234)
+    init_distributed(tp=args.tp, pp=args.pp, cp=args.cp, seed=1234)
 
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -119,6 +137,7 @@ def main():
         tensor_model_parallel_size=args.tp,
         pipeline_model_parallel_size=args.pp,
         sequence_parallel=args.sp,
+        context_parallel_size=args.cp,
         use_cpu_initialization=True,
         pipeline_dtype=torch.float32,
         **CPU_PIPELINE_CONFIG,
@@ -172,6 +191,7 @@ def main():
     grad_errors = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}
     result["grad_max"] = max(grad_errors.values())
     result["grad_worst"] = max(grad_errors, key=grad_errors.get)
+    result["grad_bad"] = sorted(k for k, v in grad_errors.items() if v > 1e-5)
     result["grads_checked"] = len(grad_errors)
 
     everything = [None] * torch.distributed.get_world_size()
