@@ -59,7 +59,7 @@ def train(out: Path, iterations: int) -> dict:
                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
         for line in proc.stdout:
             log_file.write(line)
-            progress = line.lstrip().startswith("[") and " iteration " in line
+            progress = "consumed samples" in line
             if (
                 progress
                 or "validation loss" in line
