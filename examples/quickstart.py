@@ -142,7 +142,7 @@ def main() -> None:
     print(f"tokens/s (CPU):      {summary.get('tokens_per_second', float('nan')):.0f}")
     print(f"final train loss:    {summary.get('final_train_loss', float('nan')):.3f} nats/token")
     print(f"final valid loss:    {summary.get('final_valid_loss', float('nan')):.3f} nats/token "
-          f"(ELBO estimate on PTB valid, EMA weights)")  # fmt: skip
+          f"(Megatron's evaluation on the raw PTB valid split, EMA weights)")  # fmt: skip
     for i, text in enumerate(summary["samples"]["unconditional"]):
         print(f"\nsample {i}: {text.strip()[:400]}")
     print(f"\ninfill template: {INFILL}")

@@ -30,11 +30,17 @@ _INSTALLED = {"done": False}
 HISTORY = {"train": [], "valid": []}
 
 
+_EVAL_PREFIX = {"value": ""}  # what evaluate_and_print_results is evaluating ("... test set")
+
+
 def _record_validation(result, args) -> None:
     total_loss_dict = result[0] if isinstance(result, tuple) else result
     loss = (total_loss_dict or {}).get("lm loss")
     if loss is not None:
-        HISTORY["valid"].append({"iteration": args.curr_iteration, "loss": float(loss)})
+        split = "test" if "test set" in _EVAL_PREFIX["value"] else "valid"
+        HISTORY["valid"].append(
+            {"iteration": args.curr_iteration, "loss": float(loss), "split": split}
+        )
 
 
 def _emas(model_chunks):
@@ -147,8 +153,19 @@ def install_training_hooks() -> None:
         _record_validation(result, args)
         return result
 
+    original_evaluate_and_print = mt.evaluate_and_print_results
+
+    @functools.wraps(original_evaluate_and_print)
+    def evaluate_and_print_results(prefix, *a, **kw):
+        _EVAL_PREFIX["value"] = str(prefix)
+        try:
+            return original_evaluate_and_print(prefix, *a, **kw)
+        finally:
+            _EVAL_PREFIX["value"] = ""
+
     mt.setup_model_and_optimizer = setup_model_and_optimizer
     mt.evaluate = evaluate
+    mt.evaluate_and_print_results = evaluate_and_print_results
     _INSTALLED["done"] = True
 
 

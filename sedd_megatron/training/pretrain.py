@@ -60,9 +60,12 @@ def summarize(args) -> dict:
         summary["tokens_per_second"] = tokens / seconds if seconds > 0 else None
     if train:
         summary["final_train_loss"] = train[-1]["loss"]
+    for split in ("valid", "test"):
+        losses = [r["loss"] for r in HISTORY["valid"] if r["split"] == split]
+        if losses:
+            summary[f"final_{split}_loss"] = losses[-1]
     if HISTORY["valid"]:
-        summary["final_valid_loss"] = HISTORY["valid"][-1]["loss"]
-        summary["valid_ema"] = bool(args.eval_with_ema and args.ema_decay > 0)
+        summary["eval_with_ema"] = bool(args.eval_with_ema and args.ema_decay > 0)
     return summary
 
 
