@@ -109,10 +109,23 @@ def test_sigkill_always_resumes_from_the_last_complete_checkpoint(corpus, tmp_pa
 
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "killed.jsonl"
     args = [*common, "--save", str(ckpt), "--load", str(ckpt), "--sedd-metrics-file", str(metrics)]
+
+    def nth_line_with(text: str, n: int):
+        """A trigger that fires at the n-th output line containing ``text`` (always fires)."""
+        seen = [0]
+
+        def trigger(line: str) -> bool:
+            seen[0] += text in line
+            return seen[0] == n
+
+        return trigger
+
+    # Each kill lands a random 0-0.3 s after its trigger line: inside a checkpoint save for
+    # the first and last, between or inside training steps for the middle one.
     triggers = [
-        lambda line: "saving checkpoint at iteration" in line,  # during a save
-        lambda line: " iteration " in line and rng.random() < 0.4,  # mid-training
-        lambda line: "saving checkpoint at iteration" in line and rng.random() < 0.5,
+        nth_line_with("saving checkpoint at iteration", 1),
+        nth_line_with("consumed samples", rng.randint(1, 3)),
+        nth_line_with("saving checkpoint at iteration", 1),
     ]
     for trigger in triggers:
         code = _run_until(args, trigger, rng)
