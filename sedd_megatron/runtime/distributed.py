@@ -32,6 +32,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def single_process_env() -> None:
+    """Without torchrun's environment, describe a one-process world on a free local port."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
 def init_distributed(
     tp: int = 1,
     pp: int = 1,
@@ -50,10 +59,7 @@ def init_distributed(
 
     on_cpu = enable_cpu_megatron()
     if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        single_process_env()
         if not on_cpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(

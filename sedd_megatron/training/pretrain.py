@@ -69,22 +69,10 @@ def summarize(args) -> dict:
     return summary
 
 
-def single_process_env() -> None:
-    """Let ``python pretrain_sedd.py ...`` run as a one-process job without torchrun."""
-    if "RANK" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-
-
 def main(argv: list[str] | None = None) -> None:
     import torch
+
+    from sedd_megatron.runtime.distributed import single_process_env
 
     single_process_env()
 
