@@ -63,6 +63,17 @@ def parse_args(argv=None):
         help="peak dense bf16 TFLOP/s of the GPU (H100/H200 SXM: 989)",
     )
     parser.add_argument("--local-spec", action="store_true", help="never use Transformer Engine")
+    parser.add_argument(
+        "--no-fused-kernels",
+        dest="fused_kernels",
+        action="store_false",
+        help="the unfused torch path for the layers' element-wise work and the loss",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed steps, profile 3 steps and print the top operators by CUDA time",
+    )
     parser.add_argument("--cpu", action="store_true", help="code-path check on CPU (fp32)")
     parser.add_argument("--seed", type=int, default=1234)
     return parser.parse_args(argv)
@@ -102,6 +113,7 @@ def build(args, dtype, use_te: bool | None):
         params_dtype=dtype,
         pipeline_dtype=dtype,
         use_cpu_initialization=args.cpu,
+        fused_kernels=args.fused_kernels,
     )
     spec = get_sedd_layer_spec(use_transformer_engine=False if use_te is False else None)
     model = SEDDModel(
@@ -177,6 +189,30 @@ def make_train_step(args, ddp, optimizer, device):
     return train_step
 
 
+def profile(train_step, sync, device, steps: int = 3) -> None:
+    """Per-step CPU vs device time (a step whose CPU time exceeds its device time is
+    launch-bound) and the operators with the most device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step()
+        sync()
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    cpu_us = sum(e.self_cpu_time_total for e in events)
+    print(
+        f"\nprofile of {steps} steps: device time {device_us / steps / 1e3:.1f} ms/step, "
+        f"CPU time {cpu_us / steps / 1e3:.1f} ms/step"
+    )
+    print(events.table(sort_by=sort, row_limit=25))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.cpu:
@@ -216,8 +252,9 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (code-path check)"
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     spec = "TE" if use_te else "local"
+    fused = "fused kernels" if args.fused_kernels else "unfused"
     print(
-        f"\nbench_gpu_training: {name}, {spec} spec, {dtype}, params {params / 1e6:.1f}M, "
+        f"\nbench_gpu_training: {name}, {spec} spec, {fused}, {dtype}, params {params / 1e6:.1f}M, "
         f"H={args.hidden} L={args.layers} heads={args.heads} S={args.seq_len} "
         f"micro-batch={args.micro_batch} x {args.grad_accum} graph={args.graph}"
     )
@@ -238,6 +275,8 @@ def main(argv=None):
     print(f"MFU against --peak-tflops {args.peak_tflops:g}; all steps succeeded: {bool(success)}")
     script = os.path.relpath(os.path.abspath(__file__))
     print("command: " + shlex.join(["python", script, *sys.argv[1:]]))
+    if args.profile:
+        profile(train_step, sync, device)
     destroy_distributed()
     return 0
 

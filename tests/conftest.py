@@ -1,9 +1,23 @@
 """Shared fixtures. Conformance vectors (produced by running the reference SEDD code) live in
-tests/data/conformance; see its README.md."""
+tests/data/conformance; see its README.md.
 
-from pathlib import Path
+Triton's interpreter runs the fused kernels on CPU tensors in the tests that ask for them
+(``SEDD_TRITON_ON_CPU=1``: tests/kernels, the fused parallel-layout workers). It needs
+``TRITON_INTERPRET=1`` before anything imports triton (megatron does), so it is set here, first,
+on machines without CUDA; without the request, CPU tensors keep the torch code.
+"""
 
-import pytest
+import os
+
+if not os.environ.get("TRITON_INTERPRET"):
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 DATA_DIR = Path(__file__).parent / "data"
 CONFORMANCE_DIR = DATA_DIR / "conformance"

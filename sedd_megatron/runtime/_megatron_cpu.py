@@ -11,9 +11,9 @@ here because a CPU run of megatron-core 0.19.2 failed without it:
   write the CPU generator; the setter is otherwise a lazy CUDA call that silently never runs,
   so recomputation would replay different dropout masks.
 - ``initialize_megatron`` called by ``pretrain()`` gets ``allow_no_cuda=True`` (it asserts CUDA);
-  ``_compile_dependencies`` imports the prebuilt ``helpers_cpp`` (it runs ``make`` and the wheel
-  has no Makefile); ``get_device_arch_version`` returns 0 (``validate_args`` queries the GPU's
-  properties at TP > 1).
+  ``get_device_arch_version`` returns 0 (``validate_args`` queries the GPU's properties at
+  TP > 1). (The dataset helpers' start-up fix applies on every device:
+  :mod:`sedd_megatron.runtime.upstream_fixes`.)
 - The torch norm of the local layer spec accepts sequence parallelism (see
   :mod:`sedd_megatron.runtime.norm`).
 """
@@ -89,13 +89,6 @@ def _patch_rng() -> None:
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = False
 
 
-def _compile_dependencies_cpu() -> None:
-    """Load the dataset helpers the wheel ships prebuilt, then barrier as Megatron does."""
-    from megatron.core.datasets import helpers_cpp  # noqa: F401
-
-    torch.distributed.barrier()
-
-
 def _patch_training() -> None:
     try:
         import megatron.training
@@ -117,7 +110,6 @@ def _patch_training() -> None:
         initialize_megatron._sedd_cpu = True
         for module in (initialize, training, megatron.training):
             module.initialize_megatron = initialize_megatron
-    initialize._compile_dependencies = _compile_dependencies_cpu
     for module in (arguments, training_utils, common_utils):
         module.get_device_arch_version = lambda: 0
 

@@ -1,9 +1,9 @@
-"""Fixes for upstream bugs in Megatron-Core's distributed optimizer with the torch Adam fallback.
+"""Fixes for upstream problems of megatron-core 0.19.2, applied on every device (CPU and GPU).
 
-Without Apex or Transformer Engine, Megatron's ``DistributedOptimizer`` wraps ``torch.optim``
-Adam/AdamW (``distrib_optimizer.HAVE_APEX_OR_TE`` is False), whose per-parameter state holds a
-``step`` tensor. megatron-core 0.19.2 mishandles it when a checkpoint is loaded, on CPU and on
-GPU alike:
+Distributed optimizer with the torch Adam fallback. Without Apex or Transformer Engine,
+Megatron's ``DistributedOptimizer`` wraps ``torch.optim`` Adam/AdamW
+(``distrib_optimizer.HAVE_APEX_OR_TE`` is False), whose per-parameter state holds a ``step``
+tensor. megatron-core 0.19.2 mishandles it when a checkpoint is loaded:
 
 (a) ``DistributedOptimizer.load_state_dict`` gives every parameter state *the same* ``step``
     tensor; ``torch.optim.Optimizer.load_state_dict`` keeps that aliasing, so each optimizer
@@ -19,14 +19,35 @@ GPU alike:
     into the fp32 main parameters, which are leaves requiring grad, without ``torch.no_grad()``
     (its sibling loaders have the decorator), so autograd raises.
 
-:func:`apply_upstream_fixes` patches those three methods in place. Each patched method checks at
-call time whether the torch Adam fallback is in use and otherwise runs Megatron's code untouched,
-so the fixes are no-ops with Apex/TE fused Adam.
+Each patched method checks at call time whether the torch Adam fallback is in use and otherwise
+runs Megatron's code untouched, so these are no-ops with Apex/TE fused Adam.
+
+Start-up with the pip wheel:
+
+(d) ``megatron.training`` compiles the dataset index helpers at start-up by running ``make`` in
+    ``megatron/core/datasets``; the wheel ships no Makefile (training dies with "No makefile")
+    but does ship the prebuilt ``helpers_cpp`` extension. ``compile_helpers`` is replaced by one
+    that imports the prebuilt module and runs ``make`` only where a Makefile exists (a source
+    checkout), with one clear error when neither works.
+
+Speed without Apex/TE (they matter on GPUs, where the optimizer step was launch-bound):
+
+(e) The multi-tensor fallbacks Megatron uses for the gradient norm and for scaling/copying lists
+    of tensors (``local_multi_tensor_l2_norm``, ``local_multi_tensor_scale``) loop over the
+    parameters; the norm converts every per-parameter norm to a Python float (one host
+    synchronisation per parameter, each step). They are replaced by ``torch._foreach_*``
+    versions with the same results and a single device-side reduction.
+(f) Megatron builds ``torch.optim.Adam(W)`` without ``fused``: the step then runs torch's
+    multi-tensor ("foreach") kernels. When every parameter of the optimizer is a CUDA floating
+    tensor, the param groups are switched to torch's fused Adam kernel (one kernel per group).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import os
+import subprocess
 from collections.abc import Iterable
 
 import torch
@@ -127,22 +148,157 @@ def _patch_dp_reshardable_loader(cls) -> None:
     cls.load_parameter_state_from_dp_reshardable = load_parameter_state_from_dp_reshardable
 
 
+# ------------------------------------------------------------------- (d) dataset helpers
+class DatasetHelpersError(RuntimeError):
+    """Neither the prebuilt dataset helpers nor a source tree to build them is available."""
+
+
+def load_dataset_helpers() -> None:
+    """Make ``megatron.core.datasets.helpers_cpp`` importable: the wheel's prebuilt module, or
+    ``make`` in a source checkout (where a Makefile exists), as Megatron's own start-up does."""
+    import megatron.core.datasets as datasets
+
+    directory = os.path.dirname(os.path.abspath(datasets.__file__))
+    if os.path.isfile(os.path.join(directory, "Makefile")):
+        done = subprocess.run(["make", "-C", directory], capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            cause = [line for line in lines if not line.startswith("make")] or lines
+            raise DatasetHelpersError(
+                f"building Megatron's dataset helpers failed (make -C {directory}): {cause[-1]}"
+            )
+    try:
+        importlib.import_module("megatron.core.datasets.helpers_cpp")
+    except ImportError as err:
+        raise DatasetHelpersError(
+            f"Megatron's dataset helpers (megatron.core.datasets.helpers_cpp) do not import and "
+            f"{directory} has no Makefile to build them: reinstall megatron-core ({err})"
+        ) from err
+
+
+def _fix_dataset_helpers() -> None:
+    from megatron.core.datasets import utils
+
+    if getattr(utils.compile_helpers, _PATCHED_MARK, False):
+        return
+
+    @functools.wraps(utils.compile_helpers)
+    def compile_helpers():
+        load_dataset_helpers()
+
+    setattr(compile_helpers, _PATCHED_MARK, True)
+    utils.compile_helpers = compile_helpers
+
+
+# ------------------------------------------------------------- (e) foreach multi-tensor ops
+def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
+    """Drop-in for ``amp_C.multi_tensor_l2norm`` / Megatron's local fallback: the float32 L2
+    norm of all tensors of ``tensor_lists[0]`` as a [1] tensor on their device (no sync)."""
+    tensors = tensor_lists[0]
+    if not tensors:
+        return torch.zeros(1, dtype=torch.float, device=noop_flag.device), None
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return torch.linalg.vector_norm(torch.stack(norms)).reshape(1), None
+
+
+def foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
+    """Drop-in for ``amp_C.multi_tensor_scale`` / Megatron's local fallback:
+    ``dst = src * scale`` for each pair of ``tensor_lists`` (``[src, dst]``)."""
+    sources, targets = tensor_lists[0], tensor_lists[1]
+    if not targets:
+        return
+    if all(s is t for s, t in zip(sources, targets, strict=True)):
+        if scale != 1.0:
+            torch._foreach_mul_(targets, scale)
+        return
+    torch._foreach_copy_(targets, sources if scale == 1.0 else torch._foreach_mul(sources, scale))
+
+
+def _fix_multi_tensor_ops() -> None:
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads
+    from megatron.core.optimizer import optimizer as mcore_optimizer
+
+    if clip_grads.l2_norm_impl is utils.local_multi_tensor_l2_norm:
+        clip_grads.l2_norm_impl = foreach_l2_norm
+    for module in (clip_grads, mcore_optimizer):
+        if module.multi_tensor_scale_impl is utils.local_multi_tensor_scale:
+            module.multi_tensor_scale_impl = foreach_scale
+
+
+# ---------------------------------------------------------------------- (f) fused torch Adam
+def use_fused_adam(optimizer, device_types: tuple[str, ...] = ("cuda",)) -> bool:
+    """Switch a torch Adam/AdamW to its fused kernel when every parameter is a floating tensor
+    on one of ``device_types``; returns whether it did. Call before the first step."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params or any(p.device.type not in device_types for p in params):
+        return False
+    if any(not p.is_floating_point() for p in params) or optimizer.state:
+        return False
+    if any(group.get("differentiable") for group in optimizer.param_groups):
+        return False
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+    optimizer.defaults["fused"], optimizer.defaults["foreach"] = True, False
+    optimizer._step_supports_amp_scaling = True
+    return True
+
+
+def _inner_optimizers(optimizer):
+    """The torch optimizers inside a Megatron (chained) optimizer."""
+    for child in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        inner = getattr(child, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer):
+            yield inner
+
+
+def _fix_fused_adam() -> None:
+    import megatron.core.optimizer as mcore_optim
+
+    original = mcore_optim._get_megatron_optimizer_based_on_param_groups
+    if getattr(original, _PATCHED_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def build(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if mcore_optim.USING_PYTORCH_OPTIMIZER:
+            for inner in _inner_optimizers(result):
+                use_fused_adam(inner)
+        return result
+
+    setattr(build, _PATCHED_MARK, True)
+    mcore_optim._get_megatron_optimizer_based_on_param_groups = build
+
+
+def _distributed_optimizer_fix(patch):
+    def apply() -> None:
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        patch(DistributedOptimizer)
+
+    return apply
+
+
 #: The fixes by name, as documented in the module docstring.
 FIXES = {
-    "shared_step": _patch_load_state_dict,  # (a)
-    "empty_state": _patch_state_dict,  # (b)
-    "no_grad_loader": _patch_dp_reshardable_loader,  # (c)
+    "shared_step": _distributed_optimizer_fix(_patch_load_state_dict),  # (a)
+    "empty_state": _distributed_optimizer_fix(_patch_state_dict),  # (b)
+    "no_grad_loader": _distributed_optimizer_fix(_patch_dp_reshardable_loader),  # (c)
+    "dataset_helpers": _fix_dataset_helpers,  # (d)
+    "multi_tensor_ops": _fix_multi_tensor_ops,  # (e)
+    "fused_adam": _fix_fused_adam,  # (f)
 }
 
 
 def apply_upstream_fixes(fixes: Iterable[str] = tuple(FIXES)) -> None:
-    """Patch Megatron's ``DistributedOptimizer`` for the torch Adam fallback (idempotent).
+    """Apply the fixes (idempotent), on CPU and GPU alike.
 
-    Safe on GPU and with Apex/TE: the patched methods defer to Megatron's unless the torch Adam
-    fallback is in use. Call before loading a distributed-optimizer checkpoint. ``fixes``
-    selects a subset of :data:`FIXES` (for regression tests); the default applies all.
+    The optimizer fixes defer to Megatron's code unless the torch Adam fallback is in use.
+    Call before building the optimizer or loading a checkpoint. ``fixes`` selects a subset of
+    :data:`FIXES` (for regression tests); the default applies all.
     """
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
     for name in fixes:
-        FIXES[name](DistributedOptimizer)
+        FIXES[name]()

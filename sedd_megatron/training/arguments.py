@@ -96,6 +96,13 @@ def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="absorb output shift by -log(e^sigma - 1) (default: on for absorb)",
     )
     group.add_argument(
+        "--sedd-fused-kernels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fused kernels for the layers' element-wise work and the loss where usable (CUDA "
+        "with Triton); --no-sedd-fused-kernels runs the unfused torch code (debugging)",
+    )
+    group.add_argument(
         "--ema-decay", type=float, default=0.9999, help="EMA decay of the weights (0 disables EMA)"
     )
     group.add_argument(
@@ -197,7 +204,7 @@ def expand_config_argv(argv: list[str]) -> list[str]:
     return expanded + rest
 
 
-_NEGATABLE = {"sedd-scale-by-sigma"}
+_NEGATABLE = {"sedd-scale-by-sigma", "sedd-fused-kernels"}
 
 
 def yaml_to_argv(path: str) -> list[str]:

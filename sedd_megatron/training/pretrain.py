@@ -77,10 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     single_process_env()
 
     from sedd_megatron.runtime import apply_upstream_fixes, enable_cpu_megatron
+    from sedd_megatron.runtime.upstream_fixes import DatasetHelpersError, load_dataset_helpers
 
     if enable_cpu_megatron():
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     apply_upstream_fixes()
+    try:  # here, on every rank: Megatron builds them on rank 0 only, the others would hang
+        load_dataset_helpers()
+    except DatasetHelpersError as err:
+        _fail(str(err))
 
     from megatron.core.enums import ModelType
     from megatron.training import pretrain, set_startup_timestamps

@@ -27,12 +27,23 @@ CASES.append(("tiny_absorb", "cp2"))
 LAYOUTS["cp2"] = (2, ["--cp", "2"])
 
 
+# The same checks with the fused Triton kernels (LayerNorm + modulation, gated residual, bias +
+# GELU, score entropy) run by Triton's interpreter on the CPU tensors.
+FUSED_CASES = [("tiny_absorb", "tp2-sp"), ("tiny_uniform", "pp2"), ("tiny_absorb", "cp2")]
+ALL_CASES = [(*case, False) for case in CASES] + [
+    pytest.param(*case, True, id=f"{case[0]}-{case[1]}-triton") for case in FUSED_CASES
+]
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("model_name,layout", CASES)
-def test_parallel_layout_matches_plain_twin_and_reference(model_name, layout):
+@pytest.mark.parametrize("model_name,layout,triton", ALL_CASES)
+def test_parallel_layout_matches_plain_twin_and_reference(model_name, layout, triton):
     nproc, flags = LAYOUTS[layout]
-    out = run_torchrun(WORKER, nproc, [str(CONFORMANCE_DIR / model_name), *flags], timeout=240)
+    env = {"SEDD_TRITON_ON_CPU": "1" if triton else "0"}
+    args = [str(CONFORMANCE_DIR / model_name), *flags]
+    out = run_torchrun(WORKER, nproc, args, timeout=400 if triton else 240, env=env)
     result = parse_result(out.stdout)
+    assert result["triton_kernels"] is triton
 
     assert result["bit_identical_round_trip"], "reference -> Megatron -> reference changed weights"
     assert result["grads_checked"] == 30

@@ -25,6 +25,13 @@ for backward, which turns it in place into the gradient with respect to the logi
     dL/dl_y = g_exp e_y [y in E] + g_log [y valid, y != x_t] + g_x0 [y = x0 != x_t]   (y != x_t)
     dL/dl_{x_t} = 0   (s_{x_t} is the constant 0),   dL/dl_y = 0 on padded columns,
     dL/dc_b = -sum_{s, y} dL/dl_y   (only computed when the shift requires grad).
+
+On CUDA (and, in tests, on CPU through Triton's interpreter) float32 / bf16 / fp16 logits go to
+the Triton kernels of ``sedd_megatron.kernels.score_entropy`` instead: same statistics and
+gradients, but one pass over the shard forward and one backward, no shard-sized buffer (the
+logits themselves are saved, e^{s_y} is recomputed, and the gradient is written in the logits'
+dtype, over the logits when ``inplace``). ``_FusedScoreEntropyStats`` remains the CPU / float64
+path.
 """
 
 import torch
@@ -32,6 +39,7 @@ from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_regi
 
 from sedd_megatron.diffusion import get_graph
 from sedd_megatron.diffusion.graph import Graph, ScoreEntropyStats
+from sedd_megatron.kernels.score_entropy import score_entropy_stats_triton, triton_supports
 
 # CPU: rows per chunk are chosen so that a chunk of the float32 buffer is about this size, which
 # keeps a chunk in cache across the chunk's passes (shift, exp, sums). CUDA: one chunk.
@@ -178,6 +186,7 @@ def fused_score_entropy_stats(
     inplace: bool = False,
     inplace_backward: bool = True,
     chunk_bytes: int | None = None,
+    use_triton: bool | None = None,
 ) -> ScoreEntropyStats:
     """This shard's score-entropy statistics [b, s] straight from raw logits, fused.
 
@@ -185,26 +194,37 @@ def fused_score_entropy_stats(
     s = logits - shift with s = 0 at x_t (what ``SEDDModel._postprocess`` makes), forward and
     backward (the gradient at column x_t is 0: the log-score there is a constant), in about
     three passes over the shard forward and two backward, with one float32 shard-sized buffer
-    (the exps, saved for backward and turned into the gradient in place there). No
+    (the exps, saved for backward and turned into the gradient in place there) on the torch
+    path; one pass each way and no buffer on the Triton path (``use_triton``). No
     communication: all-reduce the result over the TP group to get the full statistics.
 
     Args:
         graph: ``Absorbing`` or ``Uniform`` (the kind and the MASK id).
         logits: [s, b, V_local] raw output-layer logits of vocabulary columns
             [vocab_offset, vocab_offset + V_local) (Megatron's layout; a ``.transpose(0, 1)`` view
-            of [b, s, V_local] memory works too, without a copy). float32, or bf16/fp16: those
-            are upcast to the float32 buffer during its first pass (no extra copy; the gradient is
-            cast back to the logits' dtype). Columns from ``num_valid`` on are padding: never
-            read, gradient 0.
+            of [b, s, V_local] memory works too, without a copy). float32, or bf16/fp16: the
+            torch path upcasts those to its float32 buffer during its first pass (no extra copy;
+            the gradient is cast back to the logits' dtype), the Triton path reads them as they
+            are and computes in float32. Columns from ``num_valid`` on are padding: never read,
+            gradient 0.
         x_t, x0: [b, s] int64 current and clean tokens (global ids).
         shift: [b] per-sequence shift subtracted from the logits (the absorb sigma scaling), or
             None for 0. Differentiable (it is data in SEDD, so normally no gradient is computed).
-        inplace: float32 logits only: write the buffer over the logits (they must not be needed
-            afterwards, e.g. a fresh output-layer activation nobody saved; saves a shard).
-        inplace_backward: backward overwrites the saved buffer with the gradient, so it can run
-            once only (no ``retain_graph`` re-use; False copies it first, e.g. for gradcheck).
-        chunk_bytes: size of the row chunks the passes run over (cache blocking); default about
-            2 MiB on CPU, a single chunk on CUDA.
+        inplace: the logits are not needed afterwards (e.g. a fresh output-layer activation
+            nobody saved). Torch path, float32 logits only: the buffer is written over them
+            (saves a shard). Triton path, any of its dtypes (so bf16 logits need no float32
+            upcast): they are saved as they are and, with ``inplace_backward``, the gradient is
+            written over them in their dtype.
+        inplace_backward: backward overwrites the saved buffer (torch) / the given-away logits
+            (Triton with ``inplace``) with the gradient, so it can run once only on either path
+            (no ``retain_graph`` re-use; False copies / allocates instead, e.g. for gradcheck).
+        chunk_bytes: torch path: size of the row chunks the passes run over (cache blocking);
+            default about 2 MiB on CPU, a single chunk on CUDA. Ignored by the Triton path.
+        use_triton: None (default): the Triton kernels when the logits are float32 / bf16 /
+            fp16 and Triton can run on their device (CUDA, or CPU through Triton's interpreter in
+            tests; see ``sedd_megatron.kernels.dispatch.triton_usable``), else the torch path.
+            False: always the torch path. True: the Triton kernels, raising RuntimeError if they
+            cannot run on these tensors.
     """
     s, b, vocab = logits.shape
     if x_t.shape != (b, s) or x0.shape != (b, s):
@@ -219,20 +239,39 @@ def fused_score_entropy_stats(
         shift = (shift[:, None] if by_batch else shift[None, :]).expand(mem.shape[:2])
         shift = shift.reshape(-1)
     mask_local = graph.mask_id - vocab_offset if graph.absorb else None
-    if chunk_bytes is None:
-        chunk_bytes = _CPU_CHUNK_BYTES if logits.device.type == "cpu" else 1 << 62
-    chunk_rows = max(1, chunk_bytes // (4 * max(vocab, 1)))
-    out = _FusedScoreEntropyStats.apply(
-        mem,
-        shift,
-        rows(x_t) - vocab_offset,
-        rows(x0) - vocab_offset,
-        num_valid,
-        mask_local,
-        inplace,
-        inplace_backward,
-        chunk_rows,
-    )
+    triton_ok = triton_supports(logits, x_t, x0, shift)
+    if use_triton and not triton_ok:
+        raise RuntimeError(
+            f"use_triton=True but the Triton score entropy cannot run on {logits.dtype} logits on "
+            f"{logits.device} (needs float32/bf16/fp16, triton, and CUDA tensors, or CPU tensors "
+            "under Triton's interpreter with SEDD_TRITON_ON_CPU=1)"
+        )
+    if triton_ok and use_triton is not False:
+        out = score_entropy_stats_triton(
+            mem,
+            shift,
+            rows(x_t) - vocab_offset,
+            rows(x0) - vocab_offset,
+            num_valid,
+            mask_local,
+            inplace=inplace,
+            inplace_backward=inplace_backward,
+        )
+    else:
+        if chunk_bytes is None:
+            chunk_bytes = _CPU_CHUNK_BYTES if logits.device.type == "cpu" else 1 << 62
+        chunk_rows = max(1, chunk_bytes // (4 * max(vocab, 1)))
+        out = _FusedScoreEntropyStats.apply(
+            mem,
+            shift,
+            rows(x_t) - vocab_offset,
+            rows(x0) - vocab_offset,
+            num_valid,
+            mask_local,
+            inplace,
+            inplace_backward,
+            chunk_rows,
+        )
 
     def back(t: torch.Tensor) -> torch.Tensor:  # [R] -> [b, s], contiguous (for all-reduce)
         return t.view(b, s) if by_batch else t.view(s, b).t().contiguous()
@@ -253,6 +292,7 @@ def vocab_parallel_score_entropy_from_logits(
     *,
     shift: torch.Tensor | None = None,
     inplace: bool = False,
+    use_triton: bool | None = None,
 ) -> torch.Tensor:
     """Per-token score entropy [b, s] from this rank's raw logits [s, b, V_local].
 
@@ -264,7 +304,12 @@ def vocab_parallel_score_entropy_from_logits(
             columns from ``num_valid`` on are vocabulary padding (ignored; any value).
         sigma: total noise [b].
         shift: [b] subtracted from the logits (absorb ``scale_by_sigma``), or None.
-        inplace: overwrite the (float32) logits with the loss's buffer.
+        inplace: the logits are given away: the torch path overwrites (float32) logits with its
+            buffer, the Triton path (any float32 / bf16 / fp16 logits) writes the gradient over
+            them in backward.
+        use_triton: None picks the Triton kernels when they can run (CUDA, float32 / bf16 /
+            fp16 logits), False forces the torch path, True requires Triton (see
+            ``fused_score_entropy_stats``).
     """
     graph = get_graph(graph_name, num_tokens)
     stats = fused_score_entropy_stats(
@@ -276,6 +321,7 @@ def vocab_parallel_score_entropy_from_logits(
         vocab_offset=vocab_offset,
         num_valid=num_valid,
         inplace=inplace,
+        use_triton=use_triton,
     )
     if tp_group.size() > 1:
         stats = stats.map(lambda s: reduce_from_tensor_model_parallel_region(s, group=tp_group))

@@ -29,6 +29,9 @@ class SEDDTransformerConfig(TransformerConfig):
         frequency_embedding_size: width of the sinusoidal embedding of sigma.
         has_cond_embedder: tells Megatron's finalize_model_grads to all-reduce the conditioning
             embedder's gradients across pipeline stages (every stage holds a copy).
+        fused_kernels: run the element-wise parts of the layers and the loss in fused kernels
+            where they are usable (CUDA with Triton); False forces the unfused torch code
+            everywhere (for debugging). Either way the numerics are the same formulas.
     """
 
     graph: str = "absorb"
@@ -37,6 +40,7 @@ class SEDDTransformerConfig(TransformerConfig):
     scale_by_sigma: bool = True
     frequency_embedding_size: int = 256
     has_cond_embedder: bool = True
+    fused_kernels: bool = True
 
     # Reference semantics as defaults for inherited fields.
     add_bias_linear: bool = False

@@ -4,7 +4,8 @@ The local spec is the tested default and the one used on CPU. The TE spec swaps 
 linears and fused attention (which carry FP8 through Megatron's TE integration); it is chosen
 automatically when Transformer Engine imports. Norms and adaLN stay ours in both: SEDD's norm has
 no bias and must be modulated between the norm and the next linear, so TE's fused
-LayerNorm-Linear cannot be used.
+LayerNorm-Linear cannot be used; our fused kernels (LayerNorm + modulation, bias + GELU, gated
+residual) work on the tensors TE's linears return (with ``skip_bias_add``) as on the local ones.
 """
 
 import copy
@@ -15,18 +16,19 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.mlp import MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from sedd_megatron.models.sedd.sedd_layers import (
+    SEDDMLP,
     BidirectionalAttention,
     SEDDLayerNorm,
     SEDDTransformerLayer,
 )
 
 
-def build_biased_mlp(*, submodules: MLPSubmodules, config, **kwargs) -> MLP:
+def build_biased_mlp(*, submodules: MLPSubmodules, config, **kwargs) -> SEDDMLP:
     """The reference MLP has biases while qkv and the attention output do not.
 
     Megatron's ``add_bias_linear`` is global, so the MLP is built from a copy of the config with
@@ -34,7 +36,7 @@ def build_biased_mlp(*, submodules: MLPSubmodules, config, **kwargs) -> MLP:
     """
     mlp_config = copy.copy(config)
     mlp_config.add_bias_linear = True
-    return MLP.as_mlp_submodule(submodules=submodules, config=mlp_config, **kwargs)
+    return SEDDMLP.as_mlp_submodule(submodules=submodules, config=mlp_config, **kwargs)
 
 
 def get_sedd_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpec:

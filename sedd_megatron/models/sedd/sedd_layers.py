@@ -3,6 +3,11 @@
 Each module computes exactly what its counterpart in the reference SEDD computes
 (SEDD_SPEC.md section 1); tensor layout is Megatron's [sequence, batch, hidden].
 
+The element-wise work of a block runs in fused kernels (``sedd_megatron.kernels``: LayerNorm +
+adaLN modulation, bias + tanh-GELU, gate * dropout(branch + bias) + residual, forward and
+backward) where they are usable (CUDA with Triton), else in the unfused torch code, which is also
+what ``SEDDTransformerConfig.fused_kernels=False`` (``--no-sedd-fused-kernels``) selects.
+
 Parameters that every tensor-parallel rank holds in full (norm weights, the adaLN projections,
 the noise-level embedder) carry ``sequence_parallel=True`` when sequence parallelism is on, so
 Megatron's ``finalize_model_grads`` sums their gradients over the TP group (each rank only sees
@@ -17,9 +22,12 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from sedd_megatron.kernels import bias_gelu, gated_residual, layer_norm_modulate
 
 
 def param_device(config: TransformerConfig) -> torch.device:
@@ -49,28 +57,30 @@ def replicated_linear(config: TransformerConfig, in_features: int, out_features:
     return linear
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: x * (1 + scale) + shift."""
-    return x * (1 + scale) + shift
+def fused_kernels(config: TransformerConfig) -> bool:
+    """Whether the config asks for the fused kernels (they run where usable; see the module)."""
+    return getattr(config, "fused_kernels", True)
 
 
 class SEDDLayerNorm(torch.nn.Module):
-    """LayerNorm computed in float32 without affine bias, then times a learned weight.
+    """adaLN-modulated LayerNorm: LN(x) * weight * (1 + scale) + shift, in x's dtype.
 
-    Returns float32 (as the reference does under autocast); callers cast after modulation.
+    The LayerNorm has no affine bias and its statistics are float32; the modulation is formed in
+    float32 (``1 + scale`` included) and rounded once to x's dtype. shift and scale: [b, H].
     """
 
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
         super().__init__()
         self.hidden_size = hidden_size
         self.eps = eps
+        self.fused = fused_kernels(config)
         self.weight = torch.nn.Parameter(
             torch.ones(hidden_size, device=param_device(config), dtype=config.params_dtype)
         )
         mark_replicated(self, config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), (self.hidden_size,), eps=self.eps) * self.weight.float()
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return layer_norm_modulate(x, self.weight, shift, scale, self.eps, fused=self.fused)
 
 
 class TimestepEmbedder(torch.nn.Module):
@@ -144,6 +154,20 @@ class BidirectionalAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
 
+class SEDDMLP(MLP):
+    """Megatron's MLP (fc1 -> tanh-GELU -> fc2) with fc1's bias add and the GELU fused.
+
+    Returns (output, fc2 bias) like Megatron's MLP; the layer adds the bias in its residual.
+    """
+
+    def forward(self, hidden_states, per_token_scale=None, **kwargs):
+        if per_token_scale is not None:
+            raise ValueError("SEDD's dense MLP takes no per-token scale")
+        intermediate, bias = self.linear_fc1(hidden_states)
+        intermediate = bias_gelu(intermediate, bias, fused=fused_kernels(self.config))
+        return self.linear_fc2(intermediate)
+
+
 class SEDDTransformerLayer(TransformerLayer):
     """A DDiT block: adaLN-modulated pre-norm attention and MLP with gated residuals.
 
@@ -160,32 +184,35 @@ class SEDDTransformerLayer(TransformerLayer):
             config, config.cond_dim, 6 * config.hidden_size, zero=True
         )
 
-    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(x, p=self.hidden_dropout, training=self.training)
+    def _residual(self, branch, bias, gate, residual) -> torch.Tensor:
+        """residual + gate * dropout(branch + bias)."""
+        return gated_residual(
+            branch,
+            bias,
+            gate,
+            residual,
+            p=self.hidden_dropout,
+            training=self.training,
+            fused=fused_kernels(self.config),
+        )
 
     def forward(self, hidden_states, attention_mask=None, context=None, **kwargs):
         x = hidden_states
         modulation = self.adaLN_modulation(context.to(self.adaLN_modulation.weight.dtype))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            m.unsqueeze(0) for m in modulation.chunk(6, dim=-1)
-        )
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, -1)
 
-        h = modulate(self.input_layernorm(x), shift_msa, scale_msa).to(x.dtype)
+        h = self.input_layernorm(x, shift_msa, scale_msa)
         attn_out, attn_bias = self.self_attention(
             h,
             attention_mask=attention_mask,
             rotary_pos_emb=kwargs.get("rotary_pos_emb"),
             packed_seq_params=kwargs.get("packed_seq_params"),
         )
-        if attn_bias is not None:
-            attn_out = attn_out + attn_bias
-        x = x + gate_msa * self._dropout(attn_out)
+        x = self._residual(attn_out, attn_bias, gate_msa, x)
 
-        h = modulate(self.pre_mlp_layernorm(x), shift_mlp, scale_mlp).to(x.dtype)
+        h = self.pre_mlp_layernorm(x, shift_mlp, scale_mlp)
         mlp_out, mlp_bias = self.mlp(h)
-        if mlp_bias is not None:
-            mlp_out = mlp_out + mlp_bias
-        x = x + gate_mlp * self._dropout(mlp_out)
+        x = self._residual(mlp_out, mlp_bias, gate_mlp, x)
         return x, context
 
 
@@ -210,6 +237,5 @@ class SEDDFinalLayer(MegatronModule):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c.to(self.adaLN_modulation.weight.dtype)).chunk(2, -1)
-        h = modulate(self.norm_final(x), shift.unsqueeze(0), scale.unsqueeze(0)).to(x.dtype)
-        logits, _ = self.linear(h)
+        logits, _ = self.linear(self.norm_final(x, shift, scale))
         return logits

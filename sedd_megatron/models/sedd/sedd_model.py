@@ -162,11 +162,11 @@ class SEDDModel(LanguageModule):
         if not self.post_process:
             return hidden
 
-        logits = self.output_layer(hidden, cond).float()  # [s, b, V/tp]
+        logits = self.output_layer(hidden, cond)  # [s, b, V/tp]
         if x0 is None:
-            return self._postprocess(logits, input_ids, sigma, padding=float("-inf"))
-        # The loss: the fused op applies _postprocess's shift / 0 at x_t / padding itself, and
-        # overwrites the fresh logits (nothing saved them) with its exp buffer.
+            return self._postprocess(logits.float(), input_ids, sigma, padding=float("-inf"))
+        # The loss: the fused op applies _postprocess's shift / 0 at x_t / padding itself and
+        # may overwrite the fresh logits (nothing saved them) with its buffer or their gradient.
         start, end = self.vocab_range()
         return vocab_parallel_score_entropy_from_logits(
             self.config.graph,
@@ -180,6 +180,7 @@ class SEDDModel(LanguageModule):
             tp_group=self.tp_group,
             shift=self._score_shift(sigma),
             inplace=True,
+            use_triton=None if self.config.fused_kernels else False,
         )
 
     def _score_shift(self, sigma: torch.Tensor) -> torch.Tensor | None:

@@ -167,7 +167,9 @@ def main():
 
     ddp.eval()
     last = parallel_state.is_pipeline_last_stage()
-    result = {"bit_identical_round_trip": bit_identical}
+    from sedd_megatron.kernels import triton_usable
+
+    result = {"bit_identical_round_trip": bit_identical, "triton_kernels": triton_usable(x0)}
     shard = run_pipeline(ddp, x_t, sigma)
     if last:
         loss = (dsigma[:, None] * per_token).sum(-1)

@@ -1,0 +1,126 @@
+"""When the Triton kernels can run, and the launch-shape helpers they share.
+
+The fused ops run their Triton kernels when ``triton_usable(*tensors)`` holds:
+
+* triton is importable and every tensor is on a CUDA device (compiled kernels), or
+* every tensor is on the CPU, ``SEDD_TRITON_ON_CPU=1`` asks for the kernels there, and
+  ``TRITON_INTERPRET=1`` was set before the first ``import triton`` (Triton's interpreter: how
+  the tests check the kernels on machines without a GPU; far too slow for anything else).
+
+Otherwise the ops run their unfused torch reference, so this package imports and works without
+triton. ``triton.jit`` picks compiled or interpreted execution from ``TRITON_INTERPRET`` when it
+decorates, so the kernels are decorated on first launch (:func:`jitted`, cached per mode), not
+at import. Triton's own library functions (``tl.rand``) are decorated when triton is imported:
+interpreting them needs ``TRITON_INTERPRET=1`` set before the first ``import triton``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton is optional: without it every op runs its torch reference
+    import triton
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    HAVE_TRITON = False
+
+# Backward reductions over the sequence run on a grid of (parallel programs x row chunks); the
+# chunking aims at about TARGET_PROGRAMS programs (enough to fill an H200's 132 SMs a few times)
+# and gives each program at least MIN_ROWS_PER_CHUNK rows, so the fp32 partial-sum buffers stay
+# small next to the gradient itself.
+TARGET_PROGRAMS = 1024
+MIN_ROWS_PER_CHUNK = 16
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kernels_on_cpu_requested() -> bool:
+    """True when ``SEDD_TRITON_ON_CPU=1`` asks for the Triton kernels on CPU tensors."""
+    return os.environ.get("SEDD_TRITON_ON_CPU") == "1"
+
+
+def interpreter_ready() -> bool:
+    """Whether triton's own library (``tl.sum``, ``tl.rand``) was decorated for the interpreter.
+
+    False when triton was imported before ``TRITON_INTERPRET=1`` was set (megatron imports it):
+    then interpreted kernels cannot call those functions.
+    """
+    if not HAVE_TRITON:
+        return False
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - other triton layouts
+        return True
+    return isinstance(getattr(triton.language, "sum", None), InterpretedFunction)
+
+
+def triton_usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the Triton kernels can run on these tensors (``None`` entries are ignored).
+
+    True when every tensor is on CUDA, or when every tensor is on the CPU, the kernels are
+    requested there (:func:`kernels_on_cpu_requested`) and Triton's interpreter can run them
+    (:func:`interpreting` and :func:`interpreter_ready`).
+    """
+    if not HAVE_TRITON:
+        return False
+    present = [t for t in tensors if t is not None]
+    if all(t.is_cuda for t in present):
+        return True
+    on_cpu = all(t.device.type == "cpu" for t in present)
+    return on_cpu and kernels_on_cpu_requested() and interpreting() and interpreter_ready()
+
+
+def jitted(cache: dict, *fns) -> tuple:
+    """``fns`` decorated with ``triton.jit`` for the current mode (compiled or interpreted).
+
+    ``cache`` (a module's own dict) keeps one tuple of kernels per mode.
+    """
+    mode = interpreting()
+    if mode not in cache:
+        cache[mode] = tuple(triton.jit(fn) for fn in fns)
+    return cache[mode]
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative ints."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (``triton.next_power_of_2``)."""
+    return triton.next_power_of_2(n)
+
+
+def num_warps_for(block: int, values_per_warp: int = 512) -> int:
+    """Warps for a program holding ``block`` values per row: one per ``values_per_warp``
+    values, 4 to 16 (register-heavy kernels pass a smaller ``values_per_warp``)."""
+    return min(max(block // values_per_warp, 4), 16)
+
+
+def row_chunks(n_rows: int, n_parallel: int) -> tuple[int, int]:
+    """Split ``n_rows`` rows into ``(n_chunks, rows_per_chunk)`` for a reduction grid.
+
+    ``n_parallel`` programs already run side by side for each chunk (batch entries, column
+    blocks); the chunk count brings the total near ``TARGET_PROGRAMS``.
+    """
+    n_rows = max(n_rows, 1)
+    wanted = max(cdiv(TARGET_PROGRAMS, max(n_parallel, 1)), 1)
+    n_chunks = min(wanted, cdiv(n_rows, MIN_ROWS_PER_CHUNK))
+    rows_per_chunk = cdiv(n_rows, n_chunks)
+    return cdiv(n_rows, rows_per_chunk), rows_per_chunk
+
+
+def rows_of(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim is unit-stride (rows may be strided), else a copy.
+
+    Used for the small ``[b, H]`` modulation tensors, which are usually column slices of one
+    ``[b, 6H]`` projection: the kernels take their row stride instead of copying them.
+    """
+    return t if t.stride(-1) == 1 else t.contiguous()
