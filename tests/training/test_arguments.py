@@ -1,5 +1,6 @@
 """--config YAML expansion and SEDD flag validation (in process, no Megatron start-up)."""
 
+import argparse
 from types import SimpleNamespace
 
 import pytest
@@ -78,3 +79,15 @@ def test_graph_dependent_defaults():
 def test_contradicting_flags(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_sedd_args(_args(**overrides))
+
+
+def test_fused_kernels_switch_reaches_the_model_config(tmp_path):
+    from sedd_megatron.training.arguments import add_sedd_args
+
+    config = tmp_path / "c.yaml"
+    config.write_text("sedd-fused-kernels: false\n")
+    argv = expand_config_argv(["--config", str(config)])
+    assert argv == ["--no-sedd-fused-kernels"]
+    parser = add_sedd_args(argparse.ArgumentParser())
+    assert parser.parse_args([]).sedd_fused_kernels is True
+    assert parser.parse_args(argv).sedd_fused_kernels is False
