@@ -37,6 +37,9 @@ import time
 
 import torch
 
+from sedd_megatron.diffusion import GRAPHS, get_graph, get_noise, graph_class, sample_t
+from sedd_megatron.runtime import destroy_distributed, init_distributed
+
 NO_CUDA_MESSAGE = (
     "bench_gpu_training: CUDA is not available; this benchmark needs one GPU. Skipped."
 )
@@ -50,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--cond-dim", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=50257)
-    parser.add_argument("--graph", choices=("absorb", "uniform"), default="absorb")
+    parser.add_argument("--graph", choices=tuple(GRAPHS), default="absorb")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--warmup", type=int, default=5)
@@ -81,7 +84,7 @@ def parse_args(argv=None):
 
 def flops_per_token(args) -> float:
     """Model FLOPs of one training token (module docstring)."""
-    rows = args.vocab + 1 if args.graph == "absorb" else args.vocab
+    rows = get_graph(args.graph, args.vocab).dim
     L, H, S = args.layers, args.hidden, args.seq_len
     return 6 * (L * 12 * H * H + H * rows) + 12 * L * S * H
 
@@ -92,7 +95,7 @@ def build(args, dtype, use_te: bool | None):
     from megatron.core.distributed.finalize_model_grads import finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from sedd_megatron.models.sedd import (
+    from sedd_megatron.models.sedd import (  # lazy: imports megatron
         SEDDModel,
         SEDDTransformerConfig,
         get_sedd_layer_spec,
@@ -108,7 +111,7 @@ def build(args, dtype, use_te: bool | None):
         graph=args.graph,
         num_tokens=args.vocab,
         cond_dim=args.cond_dim,
-        scale_by_sigma=args.graph == "absorb",
+        scale_by_sigma=graph_class(args.graph).sigma_scaling,
         bf16=dtype == torch.bfloat16,
         params_dtype=dtype,
         pipeline_dtype=dtype,
@@ -144,10 +147,8 @@ def build(args, dtype, use_te: bool | None):
 def make_train_step(args, ddp, optimizer, device):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from sedd_megatron.diffusion import get_graph, get_noise, sample_t
-
     graph = get_graph(args.graph, args.vocab)
-    noise = get_noise("loglinear" if args.graph == "absorb" else "geometric")
+    noise = get_noise(graph.default_noise)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     forward_backward = get_forward_backward_func()
 
@@ -221,8 +222,6 @@ def main(argv=None):
     elif not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE)
         return 0
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
-
     init_distributed(tp=1, pp=1, seed=args.seed)
     device = torch.device("cpu") if args.cpu else torch.device("cuda", torch.cuda.current_device())
     dtype = torch.float32 if args.cpu else torch.bfloat16

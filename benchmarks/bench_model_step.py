@@ -46,6 +46,16 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU benchmark, also on a machine wi
 
 import torch  # noqa: E402
 
+from sedd_megatron.diffusion import (  # noqa: E402
+    GRAPHS,
+    get_graph,
+    get_noise,
+    graph_class,
+    sample_t,
+)
+from sedd_megatron.plain import SEDD, SEDDConfig  # noqa: E402
+from sedd_megatron.runtime import destroy_distributed, init_distributed  # noqa: E402
+
 CONFIGS = {
     # name: hidden, layers, heads, seq_len, batch
     "smoke": dict(hidden=64, layers=2, heads=2, seq_len=32, batch=2),
@@ -59,7 +69,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=CONFIGS, default="tiny")
     parser.add_argument("--vocab", type=int, default=50257, help="data tokens (GPT-2: 50257)")
-    parser.add_argument("--graph", choices=("absorb", "uniform"), default="absorb")
+    parser.add_argument("--graph", choices=tuple(GRAPHS), default="absorb")
     parser.add_argument("--cond-dim", type=int, default=128)
     parser.add_argument("--dropout", type=float, default=0.1, help="hidden dropout (all models)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -85,12 +95,10 @@ def parse_args(argv=None):
 
 def build_inputs(args):
     """x0, sigma, dsigma, x_t: one fixed random batch reused by every step."""
-    from sedd_megatron.diffusion import get_graph, get_noise, sample_t
-
     size = args.size
     gen = torch.Generator().manual_seed(args.seed)
     graph = get_graph(args.graph, args.vocab)
-    noise = get_noise("loglinear" if args.graph == "absorb" else "geometric")
+    noise = get_noise(graph.default_noise)
     x0 = torch.randint(0, args.vocab, (size["batch"], size["seq_len"]), generator=gen)
     sigma, dsigma = noise(sample_t(size["batch"], generator=gen))
     x_t = graph.sample_transition(x0, sigma[:, None], generator=gen)
@@ -113,8 +121,6 @@ def common_config_kwargs(args) -> dict:
 
 
 def build_plain(args):
-    from sedd_megatron.plain import SEDD, SEDDConfig
-
     size = args.size
     config = SEDDConfig(
         tokens=args.vocab,
@@ -124,27 +130,29 @@ def build_plain(args):
         length=size["seq_len"],
         n_blocks=size["layers"],
         n_heads=size["heads"],
-        scale_by_sigma=args.graph == "absorb",
+        scale_by_sigma=graph_class(args.graph).sigma_scaling,
         dropout=args.dropout,
     )
     return SEDD(config).train()
 
 
 def build_sedd(args, plain):
-    from sedd_megatron.models.sedd import (
+    from sedd_megatron.models.sedd import (  # lazy: imports megatron
         SEDDModel,
         SEDDTransformerConfig,
         get_sedd_layer_spec,
         padded_vocab_size,
     )
-    from sedd_megatron.models.sedd.state_dict_adapter import load_reference_state_dict
+    from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
+        load_reference_state_dict,
+    )
 
     config = SEDDTransformerConfig(
         **common_config_kwargs(args),
         graph=args.graph,
         num_tokens=args.vocab,
         cond_dim=args.cond_dim,
-        scale_by_sigma=args.graph == "absorb",
+        scale_by_sigma=graph_class(args.graph).sigma_scaling,
     )
     model = SEDDModel(
         config,
@@ -162,9 +170,11 @@ def build_gpt(args, sdpa: bool):
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from sedd_megatron.models.sedd import padded_vocab_size
-    from sedd_megatron.models.sedd.sedd_config import gelu_tanh
-    from sedd_megatron.models.sedd.sedd_layers import BidirectionalAttention
+    from sedd_megatron.models.sedd import padded_vocab_size  # lazy: imports megatron
+    from sedd_megatron.models.sedd.sedd_config import gelu_tanh  # lazy: imports megatron
+    from sedd_megatron.models.sedd.sedd_layers import (  # lazy: imports megatron
+        BidirectionalAttention,
+    )
 
     config = TransformerConfig(
         **common_config_kwargs(args),
@@ -273,8 +283,6 @@ def profile(steps, rows: int) -> None:
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
-
     init_distributed(tp=1, pp=1, seed=args.seed)
     steps = make_steps(args)
     names = list(steps)

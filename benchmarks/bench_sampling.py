@@ -34,6 +34,16 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU benchmark, also on a machine wi
 
 import torch  # noqa: E402
 
+from sedd_megatron.checkpoint import load_sedd_model  # noqa: E402
+from sedd_megatron.plain import SEDD, SEDDConfig  # noqa: E402
+from sedd_megatron.runtime import destroy_distributed, init_distributed  # noqa: E402
+from sedd_megatron.sampling import (  # noqa: E402
+    MegatronScoreModel,
+    PlainScoreModel,
+    Sampler,
+    SamplingOptions,
+)
+
 CONFIGS = {
     "tiny": dict(hidden_size=64, n_blocks=2, n_heads=4, cond_dim=32, tokens=1000, length=32),
     "small": dict(hidden_size=128, n_blocks=4, n_heads=4, cond_dim=64, tokens=50257, length=128),
@@ -53,8 +63,6 @@ def parse_args(argv=None):
 
 def write_model(directory: str, config: dict) -> str:
     """A random absorb model in the published layout (perturbed so that it is not degenerate)."""
-    from sedd_megatron.plain import SEDD, SEDDConfig
-
     torch.manual_seed(0)
     model = SEDD(SEDDConfig(graph="absorb", noise_type="loglinear", **config))
     with torch.no_grad():
@@ -77,14 +85,12 @@ def cpu_time(fn, reps: int) -> float:
 
 
 def measure(model, batch: int, args, fp32: bool) -> dict:
-    from sedd_megatron.sampling import Sampler, SamplingOptions
-
     sampler = Sampler(model, SamplingOptions(steps=args.steps, fp32_sampling=fp32))
     ids = list(range(batch))
     run = cpu_time(lambda: sampler.sample(None, ids, None if fp32 else 0), args.reps)
     draws = len(sampler.steps)
     x = torch.randint(0, model.graph.num_tokens, (batch, model.seq_length))
-    x[:, ::2] = model.graph.dim - 1
+    x[:, ::2] = model.graph.mask_id
     sigma = torch.full((batch,), 1.0)
     forward = cpu_time(lambda: model.log_score(x, sigma), args.reps)
     steps_per_s = draws / run
@@ -98,10 +104,6 @@ def measure(model, batch: int, args, fp32: bool) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from sedd_megatron.checkpoint import load_sedd_model
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
-    from sedd_megatron.sampling import MegatronScoreModel, PlainScoreModel
-
     init_distributed(tp=1, pp=1, seed=0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

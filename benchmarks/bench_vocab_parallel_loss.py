@@ -35,6 +35,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from sedd_megatron.diffusion import GRAPHS, get_graph, get_noise, sample_t
+from sedd_megatron.runtime import destroy_distributed, init_distributed
+
 
 class LiveStorageBytes(TorchDispatchMode):
     """Tracks the bytes of storages created by aten ops while active; ``peak`` is their max."""
@@ -70,9 +73,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=50257, help="data tokens (GPT-2: 50257)")
-    parser.add_argument(
-        "--graphs", nargs="+", choices=("absorb", "uniform"), default=["absorb", "uniform"]
-    )
+    parser.add_argument("--graphs", nargs="+", choices=tuple(GRAPHS), default=list(GRAPHS))
     parser.add_argument("--tp", type=int, default=2)
     parser.add_argument(
         "--device",
@@ -101,10 +102,8 @@ def relaunch_under_torchrun(args) -> None:
 
 def make_inputs(args, graph, vocab_pad: int, device):
     """Identical on every rank: x0, x_t, sigma, dsigma, and the full padded log-score."""
-    from sedd_megatron.diffusion import get_noise, sample_t
-
     gen = torch.Generator().manual_seed(args.seed)
-    noise = get_noise("loglinear" if graph.absorb else "geometric")
+    noise = get_noise(graph.default_noise)
     x0 = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=gen)
     sigma, dsigma = noise(sample_t(args.batch, generator=gen))
     x_t = graph.sample_transition(x0, sigma[:, None], generator=gen)
@@ -116,11 +115,13 @@ def run_variant(name, graph, shard, x0, x_t, sigma, dsigma, offset, rows, group)
     """Forward + backward of one variant from the leaf ``shard``; returns the loss."""
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from sedd_megatron.models.sedd.score_entropy import vocab_parallel_score_entropy
+    from sedd_megatron.models.sedd.score_entropy import (  # lazy: imports megatron
+        vocab_parallel_score_entropy,
+    )
 
     if name == "vocab-parallel":  # as SEDDModel: the whole shard, padding columns skipped
         per_token = vocab_parallel_score_entropy(
-            "absorb" if graph.absorb else "uniform",
+            graph.name,
             graph.num_tokens,
             shard,
             sigma,
@@ -161,9 +162,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     from megatron.core import parallel_state
 
-    from sedd_megatron.diffusion import get_graph
-    from sedd_megatron.models.sedd import padded_vocab_size
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
+    from sedd_megatron.models.sedd import padded_vocab_size  # lazy: imports megatron
 
     init_distributed(tp=args.tp, seed=args.seed)
     on_cuda = torch.cuda.is_available()

@@ -23,12 +23,16 @@ import sys
 import time
 from pathlib import Path
 
+from sedd_megatron import runtime
+from sedd_megatron.datasets.corpus import build_corpus
+from sedd_megatron.evaluation import elbo_report
+from sedd_megatron.evaluation.gen_ppl import gen_ppl_report, load_causal_lm, plot_gen_ppl_vs_steps
+from sedd_megatron.sampling import sample_texts
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def build_data(out: Path) -> dict:
-    from sedd_megatron.datasets.corpus import build_corpus
-
     manifest = build_corpus(str(out / "corpus"), workers=2)
     return manifest
 
@@ -76,8 +80,6 @@ INFILL = "The company said [MASK:6] in the first quarter, and [MASK:8]."
 
 def samples(ckpt: Path) -> dict:
     """A few unconditional samples and one infilled template (analytic sampler, 128 steps)."""
-    from sedd_megatron.sampling import sample_texts
-
     return {
         "unconditional": sample_texts(str(ckpt), num=3, steps=128, seed=0, seq_length=64),
         "infill_template": INFILL,
@@ -87,13 +89,6 @@ def samples(ckpt: Path) -> dict:
 
 def generative_perplexity(ckpt: Path, plot: Path) -> list[dict]:
     """Generative perplexity (SmolLM2-135M) of unconditional samples at 32 and 128 steps."""
-    from sedd_megatron.evaluation.gen_ppl import (
-        gen_ppl_report,
-        load_causal_lm,
-        plot_gen_ppl_vs_steps,
-    )
-    from sedd_megatron.sampling import sample_texts
-
     lm = load_causal_lm("smollm2")
     runs = []
     for steps in (32, 128):
@@ -106,8 +101,6 @@ def generative_perplexity(ckpt: Path, plot: Path) -> list[dict]:
 
 def perplexity_bound(ckpt: Path, out: Path) -> dict:
     """ELBO on PTB validation (importance design: a tight interval with few evaluations)."""
-    from sedd_megatron.evaluation import elbo_report
-
     return elbo_report(
         str(ckpt), "ptb-valid", num_t_samples=32, max_blocks=64, design="importance",
         json_path=out / "elbo_ptb_valid.json", plot_path=out / "elbo_integrand.png",
@@ -131,9 +124,10 @@ def main() -> None:
     print(f"corpus: {manifest['splits']['train']['tokens']:,} training tokens in {out / 'corpus'}")
     summary = train(out, args.iterations)
     ckpt = Path(summary["checkpoint"])
-    summary["samples"] = samples(ckpt)
-    summary["gen_ppl"] = generative_perplexity(ckpt, ckpt / "gen_ppl_vs_steps.png")
-    summary["elbo_ptb_valid"] = perplexity_bound(ckpt, ckpt)
+    with runtime.world(seed=0):  # a one-process Megatron world to load the checkpoint in
+        summary["samples"] = samples(ckpt)
+        summary["gen_ppl"] = generative_perplexity(ckpt, ckpt / "gen_ppl_vs_steps.png")
+        summary["elbo_ptb_valid"] = perplexity_bound(ckpt, ckpt)
     summary["wall_minutes"] = round((time.time() - start) / 60, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n=== SEDD quickstart summary ===")

@@ -21,6 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sedd_megatron import runtime  # noqa: E402
+from sedd_megatron.checkpoint import (  # noqa: E402
+    export_checkpoint,
+    import_checkpoint,
+    read_plain_checkpoint,
+)
+from sedd_megatron.checkpoint.world import new_output_dir  # noqa: E402
+from sedd_megatron.errors import CheckpointError, ConfigError  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -47,16 +56,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_export(args) -> str:
-    from sedd_megatron.checkpoint import export_checkpoint
-
-    result = export_checkpoint(
-        args.load,
-        args.out,
-        iteration=args.iteration,
-        use_ema=False if args.raw else None,
-        pytorch_bin=args.pytorch_bin,
-        verify_outputs=args.verify,
-    )
+    with runtime.world():  # any world size: TP = PP = 1, the rest data parallel
+        result = export_checkpoint(
+            args.load,
+            args.out,
+            iteration=args.iteration,
+            use_ema=False if args.raw else None,
+            pytorch_bin=args.pytorch_bin,
+            verify_outputs=args.verify,
+        )
     info = result.info
     weights = "EMA" if info.ema else "raw"
     return _report(
@@ -66,9 +74,6 @@ def run_export(args) -> str:
 
 
 def run_import(args, argv) -> str | None:
-    from sedd_megatron.checkpoint import import_checkpoint, read_plain_checkpoint
-    from sedd_megatron.checkpoint.world import new_output_dir
-
     nproc = args.tp * args.pp
     if nproc > 1 and "RANK" not in os.environ:
         read_plain_checkpoint(args.plain)  # report bad input here, not from every rank
@@ -79,9 +84,10 @@ def run_import(args, argv) -> str | None:
         if code:
             raise SystemExit(code)
         return None  # rank 0 of the launched job printed the report
-    result = import_checkpoint(
-        args.plain, args.out, tp=args.tp, pp=args.pp, verify_outputs=args.verify
-    )
+    with runtime.world(args.tp, args.pp):
+        result = import_checkpoint(
+            args.plain, args.out, tp=args.tp, pp=args.pp, verify_outputs=args.verify
+        )
     return _report(
         f"imported {args.plain} as a TP={result.tp} PP={result.pp} release checkpoint "
         f"{result.path} (pretrain_sedd.py --load {result.path})",
@@ -99,13 +105,10 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)  # torch.distributed.checkpoint chatter
-    from sedd_megatron.plain.config import ConfigError
-    from sedd_megatron.plain.layout import CheckpointError
-
     rank0 = os.environ.get("RANK", "0") == "0"
     try:
         report = run_export(args) if args.command == "export" else run_import(args, argv)
-    except (CheckpointError, ConfigError, FileExistsError) as err:
+    except (CheckpointError, ConfigError, FileExistsError, ValueError) as err:
         if rank0:
             print(f"convert_checkpoint.py: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -12,11 +12,19 @@ Examples:
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
+import torch
+
+from sedd_megatron import runtime
+from sedd_megatron.checkpoint import is_plain_dir
+from sedd_megatron.datasets.cli import quiet_megatron_import
+from sedd_megatron.errors import CheckpointError, ConfigError, DataError, EvalError
 from sedd_megatron.evaluation.designs import DESIGNS
+from sedd_megatron.evaluation.report import elbo_report, open_eval_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,98 +89,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_scorer(args):
-    """(scorer, started_distributed)."""
-    from sedd_megatron.evaluation.errors import EvalError
-    from sedd_megatron.evaluation.models import is_plain_dir, megatron_scorer, plain_scorer
-
+def open_model_for(args):
+    """(model, backend): the plain twin here, or "megatron" (opened in the tool's world)."""
     if not os.path.exists(args.load):
         raise EvalError(f"model not found: {args.load}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plain = args.backend == "plain" or (
         args.backend == "auto" and is_plain_dir(args.load) and world == 1 and args.tp * args.pp == 1
     )
-    if plain:
-        if world > 1:
-            raise EvalError("--backend plain runs in one process; use --backend megatron")
-        return plain_scorer(args.load), False
-    from sedd_megatron.runtime import init_distributed
-
-    if world % (args.tp * args.pp):
+    if plain and world > 1:
+        raise EvalError("--backend plain runs in one process; use --backend megatron")
+    if not plain and world % (args.tp * args.pp):
         raise EvalError(f"WORLD_SIZE {world} is not a multiple of tp*pp = {args.tp * args.pp}")
-    init_distributed(tp=args.tp, pp=args.pp, seed=args.seed)
-    scorer = megatron_scorer(
-        args.load,
-        iteration=args.iteration,
-        use_ema=False if args.raw else None,
-        seq_length=args.seq_length,
-    )
-    return scorer, True
+    return "plain" if plain else "megatron"
 
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    from sedd_megatron.evaluation.data import load_eval_data
-    from sedd_megatron.evaluation.elbo import compare_designs, evaluate_elbo
-
-    scorer, started = make_scorer(args)
-    rank0 = not started or int(os.environ.get("RANK", "0")) == 0
-    try:
-        data = load_eval_data(
+    backend = open_model_for(args)
+    world = runtime.world(args.tp, args.pp, seed=args.seed) if backend == "megatron" else None
+    with world or contextlib.nullcontext():
+        model = open_eval_model(
+            args.load,
+            backend=backend,
+            iteration=args.iteration,
+            use_ema=False if args.raw else None,
+            seq_length=args.seq_length,
+        )
+        compare = (
+            [d.strip() for d in args.compare.split(",") if d.strip()] if args.compare else None
+        )
+        report = elbo_report(
+            model,
             args.data,
-            args.seq_length or scorer.seq_length,
+            num_t_samples=args.num_t_samples,
             max_blocks=args.blocks,
+            design=args.design,
+            replicates=args.replicates,
+            t_eps=args.t_eps,
+            seq_length=args.seq_length,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            json_path=args.output,
+            plot_path=None if args.compare else args.plot,
+            progress=not args.no_progress,
+            level=args.level,
             json_key=args.json_key,
             per_line=args.per_line,
             detokenizer=args.detokenizer,
-            vocab_size=scorer.num_tokens,
+            save_draws=args.save_draws,
+            compare=compare,
         )
-        if rank0:
-            print(f"data: {json.dumps(data.summary())}", flush=True)
-        common = dict(seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
-        if args.compare:
-            designs = {}
-            for name in [d.strip() for d in args.compare.split(",") if d.strip()]:
-                designs[name] = dict(
-                    design=name,
-                    num_t_samples=args.num_t_samples,
-                    replicates=args.replicates,
-                    t_eps=args.t_eps,
-                )
-            rows = compare_designs(scorer, data.blocks, designs, **common)
-            if rank0:
-                print_comparison(rows)
-                if args.output:
-                    with open(args.output, "w") as f:
-                        json.dump(
-                            {"data": data.summary(), "designs": rows}, f, indent=1, default=str
-                        )
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return 0
-        result = evaluate_elbo(
-            scorer,
-            data.blocks,
-            design=args.design,
-            num_t_samples=args.num_t_samples,
-            replicates=args.replicates,
-            t_eps=args.t_eps,
-            level=args.level,
-            **common,
-        )
-        result.settings["data"] = data.summary()
-        if rank0:
-            print_summary(result.summary())
-            if args.output:
-                result.to_json(args.output, draws=args.save_draws)
-                print(f"wrote {args.output}")
-            if args.plot:
-                result.plot(args.plot)
-                print(f"wrote {args.plot}")
+    print(f"data: {json.dumps(report['data'])}", flush=True)
+    if compare:
+        print_comparison(report["designs"])
         return 0
-    finally:
-        if started:
-            from sedd_megatron.runtime import destroy_distributed
-
-            destroy_distributed()
+    print_summary(report)
+    for path in (args.output, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
 
 
 def print_summary(s: dict) -> None:
@@ -206,12 +184,6 @@ def print_comparison(rows: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from sedd_megatron.datasets.cli import quiet_megatron_import
-    from sedd_megatron.datasets.errors import DataError
-    from sedd_megatron.evaluation.errors import EvalError
-    from sedd_megatron.plain.config import ConfigError
-    from sedd_megatron.plain.layout import CheckpointError
-
     quiet_megatron_import()
     try:
         return _main(argv)

@@ -17,6 +17,15 @@ import json
 import os
 import sys
 
+from sedd_megatron.errors import EvalError
+from sedd_megatron.evaluation.gen_ppl import (
+    gen_ppl_report,
+    load_causal_lm,
+    plot_gen_ppl_vs_steps,
+    read_samples,
+    read_texts,
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -51,15 +60,6 @@ def run_label(records, path, label):
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    from sedd_megatron.evaluation.errors import EvalError
-    from sedd_megatron.evaluation.gen_ppl import (
-        gen_ppl_report,
-        load_causal_lm,
-        plot_gen_ppl_vs_steps,
-        read_samples,
-        read_texts,
-    )
-
     if args.mauve and not args.reference:
         raise EvalError("--mauve needs --reference")
     runs = [(path, read_samples(path, args.text_key)[: args.max_samples]) for path in args.samples]
@@ -97,8 +97,6 @@ def _main(argv) -> int:
 
 
 def main(argv=None) -> int:
-    from sedd_megatron.evaluation.errors import EvalError
-
     try:
         return _main(argv)
     except EvalError as err:

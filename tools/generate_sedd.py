@@ -15,21 +15,21 @@ seed and sample_index; (seed, sample_index) reproduces a sample with any batch s
 """
 
 import argparse
-import os
+import contextlib
 import sys
 
 import torch.distributed as dist
 
+from sedd_megatron import runtime
+from sedd_megatron.checkpoint import open_model, resolve_backend
 from sedd_megatron.datasets.cli import quiet_megatron_import
-from sedd_megatron.datasets.errors import DataError
 from sedd_megatron.datasets.tokenizers import add_tokenizer_args, tokenizer_from_args
+from sedd_megatron.errors import DataError, PromptError
 from sedd_megatron.sampling import (
     Prompt,
-    PromptError,
     SamplingOptions,
+    default_device,
     generate,
-    is_plain_dir,
-    load_score_model,
     read_prompts,
     write_jsonl,
 )
@@ -94,19 +94,16 @@ def main(argv=None) -> int:
         prompts = _prompts(args)
         tokenizer = None if args.no_detokenize else tokenizer_from_args(args)
         options = SamplingOptions(args.predictor, args.steps, args.eps, True, args.fp32_sampling)
-        world = None
-        if args.backend == "megatron" or (args.backend == "auto" and not _plain(args.source)):
-            from sedd_megatron.runtime import destroy_distributed, init_distributed
-
-            init_distributed(tp=args.tp, pp=args.pp, seed=args.seed)
-            world = destroy_distributed
-        try:
-            model = load_score_model(
+        backend = resolve_backend(args.source, args.backend)
+        world = runtime.world(args.tp, args.pp, seed=args.seed) if backend == "megatron" else None
+        with world or contextlib.nullcontext():
+            model = open_model(
                 args.source,
-                backend="megatron" if world else "plain",
+                backend,
                 iteration=args.iteration,
                 use_ema=False if args.raw else None,
                 seq_length=args.seq_length,
+                device=default_device(),
             )
             records = generate(
                 model,
@@ -121,17 +118,10 @@ def main(argv=None) -> int:
             )
             if not dist.is_initialized() or dist.get_rank() == 0:
                 write_jsonl(records, args.output)
-        finally:
-            if world:
-                world()
     except (PromptError, DataError, ValueError, FileNotFoundError) as e:
         print(f"generate_sedd.py: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def _plain(source) -> bool:
-    return is_plain_dir(source) and int(os.environ.get("WORLD_SIZE", 1)) == 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Loading and converting SEDD checkpoints: pretrain_sedd.py (Megatron) <-> published layout.
 
-Contract of :func:`load_sedd_model` (the loader the sampling and evaluation tools share):
+Most callers want :func:`open_model` (a ``ScoreModel``: the plain twin, or SEDDModel in the
+caller's world), which sampling, evaluation and the tools share. Underneath it, the contract of
+:func:`load_sedd_model`:
 
-    init_distributed(tp=T, pp=P)          # sedd_megatron.runtime; torchrun with T*P*DP ranks
-    model, info = load_sedd_model(source, iteration=None, use_ema=None, seq_length=None)
+    with sedd_megatron.runtime.world(tp=T, pp=P):   # the entry point; torchrun, T*P*DP ranks
+        model, info = load_sedd_model(source, iteration=None, use_ema=None, seq_length=None)
 
 - ``source`` is a pretrain_sedd.py checkpoint directory (the tracker's latest iteration, or
   ``iteration``; an ``iter_NNNNNNN``/``release`` directory also works) or a directory in the
@@ -36,11 +38,14 @@ from sedd_megatron.checkpoint.loader import SEDDModelInfo, build_model, load_sed
 from sedd_megatron.checkpoint.locate import (
     CheckpointIteration,
     find_iteration,
+    is_plain_dir,
     read_checkpoint_args,
     read_plain_checkpoint,
+    source_kind,
 )
-from sedd_megatron.checkpoint.verify import full_log_scores
-from sedd_megatron.plain.layout import CheckpointError
+from sedd_megatron.checkpoint.opener import open_model, resolve_backend
+from sedd_megatron.checkpoint.verify import compare
+from sedd_megatron.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -49,11 +54,15 @@ __all__ = [
     "ImportResult",
     "SEDDModelInfo",
     "build_model",
+    "compare",
     "export_checkpoint",
     "find_iteration",
-    "full_log_scores",
     "import_checkpoint",
+    "is_plain_dir",
     "load_sedd_model",
+    "open_model",
     "read_checkpoint_args",
     "read_plain_checkpoint",
+    "resolve_backend",
+    "source_kind",
 ]

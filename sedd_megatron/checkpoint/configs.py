@@ -1,6 +1,6 @@
 """Translating between pretrain_sedd.py's Megatron arguments and the published config.json.
 
-The published file (SEDD_SPEC.md section 2) is the reference run's whole hydra config; SEDD
+The published file (docs/architecture.md §5) is the reference run's whole hydra config; SEDD
 reads ``tokens``, ``graph``, ``noise`` and ``model``. Exports also fill ``ngpus``, ``training``
 and ``optim`` from the saved arguments under the reference's key names; imports take the
 optimizer settings and the EMA decay back from there.
@@ -9,8 +9,8 @@ optimizer settings and the EMA decay back from there.
 import dataclasses
 import math
 
-from sedd_megatron.plain.config import ConfigError, SEDDConfig
-from sedd_megatron.plain.layout import CheckpointError
+from sedd_megatron.errors import CheckpointError, ConfigError
+from sedd_megatron.plain.config import SEDDConfig
 
 # published name -> (hidden_size, n_blocks, n_heads) of the reference configs
 _NAMED_SIZES = {"small": (768, 12, 12), "medium": (1024, 24, 16)}

@@ -7,7 +7,9 @@ import torch
 
 from sedd_megatron.checkpoint import locate, verify, world
 from sedd_megatron.checkpoint.loader import SEDDModelInfo, load_sedd_model
-from sedd_megatron.plain.layout import CheckpointError
+from sedd_megatron.errors import CheckpointError
+from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel
+from sedd_megatron.plain import SEDD
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,9 @@ def export_checkpoint(
     ``out_dir`` in the published layout, loadable by ``plain.SEDD.from_pretrained``.
 
     ``use_ema``: None = the EMA weights if saved, True = require them, False = raw weights.
-    Runs in the current Megatron world (gathering TP/PP shards; rank 0 writes) or starts a
-    one-process one. ``out_dir`` must not exist; it appears complete or not at all.
+    Runs in the caller's initialised Megatron world (any TP/PP: shards are gathered, rank 0
+    writes; start one with ``sedd_megatron.runtime.world()``), else raises CheckpointError.
+    ``out_dir`` must not exist; it appears complete or not at all.
     ``verify_outputs`` compares the log-scores of the written files with the Megatron model's.
     """
     target = world.new_output_dir(out_dir)
@@ -40,33 +43,34 @@ def export_checkpoint(
         raise CheckpointError(
             f"{ckpt_dir} is not a pretrain_sedd.py checkpoint (nothing to export)"
         )
-    locate.find_iteration(ckpt_dir, iteration)  # fail early, before any process group
-    with world.distributed_world():
-        from sedd_megatron.models.sedd.state_dict_adapter import reference_state_dict
-        from sedd_megatron.plain import SEDD
+    locate.find_iteration(ckpt_dir, iteration)  # fail early, before touching the world
+    world.require_world(what="export_checkpoint")
+    model, info = load_sedd_model(ckpt_dir, iteration=iteration, use_ema=use_ema)
+    from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
+        reference_state_dict,
+    )
 
-        model, info = load_sedd_model(ckpt_dir, iteration=iteration, use_ema=use_ema)
-        reference = reference_state_dict(model)
-        staging = world.staging_path(target)
-        with world.published(staging, target):
-            world.on_rank0(
-                lambda: plain_model(info.config, reference).save_pretrained(
-                    staging, safetensors=safetensors, pytorch_bin=pytorch_bin
-                )
+    reference = reference_state_dict(model)
+    staging = world.staging_path(target)
+    with world.published(staging, target):
+        world.on_rank0(
+            lambda: plain_model(info.config, reference).save_pretrained(
+                staging, safetensors=safetensors, pytorch_bin=pytorch_bin
             )
-            difference = None
-            if verify_outputs:
-                difference = verify.compare_with_plain(
-                    model, SEDD.from_pretrained(staging), info.config
-                )
-                check_difference(difference)
+        )
+        difference = None
+        if verify_outputs:
+            difference = verify.compare(
+                MegatronScoreModel(model, info),
+                PlainScoreModel(SEDD.from_pretrained(staging)),
+                info.config,
+            )
+            check_difference(difference)
     return ExportResult(target, info, difference)
 
 
 def plain_model(config, reference: dict[str, torch.Tensor]):
     """A plain-PyTorch SEDD holding exactly ``reference`` (no copy of the tensors)."""
-    from sedd_megatron.plain import SEDD
-
     with torch.device("meta"):
         model = SEDD(config)
     model.load_state_dict(reference, strict=True, assign=True)

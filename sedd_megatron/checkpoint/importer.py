@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sedd_megatron.checkpoint import configs, locate, verify, world
-from sedd_megatron.plain.config import ConfigError
-from sedd_megatron.plain.layout import CheckpointError
+from sedd_megatron.checkpoint.export import check_difference, plain_model
+from sedd_megatron.checkpoint.loader import build_model, load_sedd_model
+from sedd_megatron.errors import CheckpointError, ConfigError
+from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel
+from sedd_megatron.training.arguments import add_sedd_args, validate_sedd_args
 
 CHECKPOINT_VERSION = 3.0  # what megatron.training.checkpointing writes
 
@@ -40,8 +43,9 @@ def import_checkpoint(
 ) -> ImportResult:
     """Convert a published-layout directory into a Megatron checkpoint split for TP x PP.
 
-    Call on every rank of a world whose TP/PP are ``tp``/``pp`` (torchrun with tp * pp
-    processes), or with no world for tp = pp = 1. ``ema_decay`` (default: config.json's
+    Call on every rank of an initialised world whose TP/PP are ``tp``/``pp`` (the caller starts
+    it: ``with sedd_megatron.runtime.world(tp, pp):``, under torchrun with tp * pp processes
+    for tp * pp > 1); else CheckpointError. ``ema_decay`` (default: config.json's
     ``training.ema``, else 0.9999) is recorded in the saved args; 0 saves no EMA weights.
     ``out_dir`` must not exist; it appears complete or not at all.
     """
@@ -50,38 +54,33 @@ def import_checkpoint(
     argv = configs.pretrain_argv(config, tp=tp, pp=pp)
     if ema_decay is not None:
         argv += ["--ema-decay", repr(float(ema_decay))]
-    with world.distributed_world(tp, pp):
-        from sedd_megatron.models.sedd.state_dict_adapter import load_reference_state_dict
-        from sedd_megatron.training.ema import attach_ema
+    world.require_world(tp, pp, what="import_checkpoint")
+    from sedd_megatron.models.sedd.ema import attach_ema  # lazy: imports megatron
+    from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
+        load_reference_state_dict,
+    )
 
-        from .export import check_difference, plain_model
-        from .loader import build_model, load_sedd_model
-
-        args = parse_pretrain_args(argv, save=target)
-        setattr(args, configs.SOURCE_CONFIG_ARG, config.to_dict())
-        model = build_model(config, divisible_by=args.make_vocab_size_divisible_by)
-        load_reference_state_dict(model, reference)
-        if args.ema_decay > 0:
-            attach_ema(model, args.ema_decay)
-        staging = world.staging_path(target)
-        with world.published(staging, target):
-            save_release_checkpoint(model, args, staging)
-            difference = None
-            if verify_outputs:
-                loaded, _ = load_sedd_model(staging)
-                difference = verify.compare_with_plain(
-                    loaded, plain_model(config, reference), config
-                )
-                check_difference(difference)
+    args = parse_pretrain_args(argv, save=target)
+    setattr(args, configs.SOURCE_CONFIG_ARG, config.to_dict())
+    model = build_model(config, divisible_by=args.make_vocab_size_divisible_by)
+    load_reference_state_dict(model, reference)
+    if args.ema_decay > 0:
+        attach_ema(model, args.ema_decay)
+    staging = world.staging_path(target)
+    with world.published(staging, target):
+        save_release_checkpoint(model, args, staging)
+        difference = None
+        if verify_outputs:
+            loaded = MegatronScoreModel(*load_sedd_model(staging))
+            reference_model = PlainScoreModel(plain_model(config, reference))
+            difference = verify.compare(loaded, reference_model, config)
+            check_difference(difference)
     return ImportResult(target, tp, pp, difference)
 
 
 def parse_pretrain_args(argv: list[str], save: Path):
     """Megatron's validated ``args`` for pretrain_sedd.py flags (global state left untouched)."""
     from megatron.training import arguments as margs
-
-    from sedd_megatron.training.arguments import ConfigError as ArgsError
-    from sedd_megatron.training.arguments import add_sedd_args, validate_sedd_args
 
     argv = [*argv, "--save", str(save), "--save-interval", "1"]
     saved_argv = sys.argv
@@ -91,7 +90,7 @@ def parse_pretrain_args(argv: list[str], save: Path):
             args = margs.parse_args(extra_args_provider=add_sedd_args)
             validate_sedd_args(args)
             margs.validate_args(args, {})
-    except (ArgsError, ConfigError, AssertionError, ValueError, SystemExit) as err:
+    except (ConfigError, AssertionError, ValueError, SystemExit) as err:
         raise CheckpointError(
             f"config.json gives invalid pretrain_sedd.py arguments ({' '.join(argv)}): {err!r}"
         ) from err

@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from sedd_megatron.checkpoint import configs, locate
+from sedd_megatron.errors import CheckpointError
 from sedd_megatron.plain.config import SEDDConfig
-from sedd_megatron.plain.layout import CheckpointError
+from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, is_cpu_megatron_enabled
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,20 @@ def build_model(config: SEDDConfig, *, seq_length: int | None = None, divisible_
     """
     from megatron.core import parallel_state as ps
 
-    from sedd_megatron.models.sedd import (
+    from sedd_megatron.models.sedd import (  # lazy: imports megatron
         SEDDModel,
         SEDDTransformerConfig,
         get_sedd_layer_spec,
         padded_vocab_size,
     )
-    from sedd_megatron.models.sedd.state_dict_adapter import transformer_config_kwargs
-    from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, is_cpu_megatron_enabled
+    from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
+        transformer_config_kwargs,
+    )
 
     if not ps.model_parallel_is_initialized():
-        raise RuntimeError("call sedd_megatron.runtime.init_distributed(tp=..., pp=...) first")
+        raise RuntimeError(
+            "no Megatron world: run inside `with sedd_megatron.runtime.world(tp=..., pp=...):`"
+        )
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
     if ps.get_virtual_pipeline_model_parallel_world_size() not in (None, 1):
@@ -104,7 +108,9 @@ def load_sedd_model(
     See the package docstring for the contract. ``use_ema``: None = EMA weights if the
     checkpoint has them, True = require them, False = the raw weights.
     """
-    from sedd_megatron.models.sedd.state_dict_adapter import load_reference_state_dict
+    from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
+        load_reference_state_dict,
+    )
 
     source = Path(source)
     kind = locate.source_kind(source)

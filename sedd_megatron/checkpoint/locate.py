@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.checkpoint import CONFIG_NAME, find_weights_file, read_state_dict
-from sedd_megatron.plain.config import ConfigError, SEDDConfig
-from sedd_megatron.plain.layout import CheckpointError, check_state_dict
+from sedd_megatron.plain.config import SEDDConfig
+from sedd_megatron.plain.layout import check_state_dict
 
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
@@ -31,12 +32,20 @@ class CheckpointIteration:
     release: bool = False
 
 
+def is_plain_dir(source: str | Path) -> bool:
+    """Whether ``source`` is a directory in the published layout (it has config.json).
+
+    The one test of "is this a plain model directory?" the package uses."""
+    path = Path(source)
+    return path.is_dir() and (path / CONFIG_NAME).is_file()
+
+
 def source_kind(source: str | Path) -> str:
     """``"plain"`` (has config.json) or ``"megatron"`` (a checkpoint directory); else an error."""
     path = Path(source)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    if (path / CONFIG_NAME).is_file():
+    if is_plain_dir(path):
         return "plain"
     if (path / TRACKER_NAME).exists() or _iteration_dirs(path) or _is_iteration_dir(path):
         return "megatron"

@@ -1,50 +1,29 @@
-"""The process group a conversion runs in, and rank-0-only writes that never leave ranks hanging."""
+"""The world a conversion needs, and rank-0-only writes that never leave ranks hanging."""
 
 import os
-import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch.distributed as dist
 
-from sedd_megatron.plain.layout import CheckpointError
+from sedd_megatron import atomic
+from sedd_megatron.errors import CheckpointError
+from sedd_megatron.runtime import world_layout
 
 
-@contextmanager
-def distributed_world(tp: int | None = None, pp: int | None = None):
-    """Use the initialised Megatron world, or start one (gloo on CPU) for the duration.
-
-    ``tp``/``pp`` None accept any current layout (a new world then gets TP = PP = 1). A new
-    world spans torchrun's processes (``WORLD_SIZE``), or just this process without torchrun.
-    """
-    from megatron.core import parallel_state as ps
-
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
-
-    if dist.is_initialized() and ps.model_parallel_is_initialized():
-        have = (
-            ps.get_tensor_model_parallel_world_size(),
-            ps.get_pipeline_model_parallel_world_size(),
-        )
-        if (tp, pp) != (None, None) and have != (tp or 1, pp or 1):
-            raise CheckpointError(
-                f"the running world has TP={have[0]}, PP={have[1]}, not {tp}/{pp}"
-            )
-        yield
-        return
-    tp, pp = tp or 1, pp or 1
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world % (tp * pp):
+def require_world(tp: int | None = None, pp: int | None = None, what: str = "this") -> None:
+    """Raise a CheckpointError unless a Megatron world is initialised (with TP/PP ``tp``/``pp``;
+    None accepts any). Library functions never start one: entry points do, with
+    ``sedd_megatron.runtime.world(tp=..., pp=...)``."""
+    have = world_layout()
+    if have is None:
+        layout = f"tp={tp or 1}, pp={pp or 1}"
         raise CheckpointError(
-            f"TP={tp} x PP={pp} needs a multiple of {tp * pp} processes, got {world}: run under "
-            f"torchrun --nproc_per_node={tp * pp}"
+            f"{what} needs an initialised Megatron world: run it inside "
+            f"`with sedd_megatron.runtime.world({layout}):` (under torchrun for TP x PP > 1)"
         )
-    init_distributed(tp=tp, pp=pp)
-    try:
-        yield
-    finally:
-        destroy_distributed()
+    if (tp, pp) != (None, None) and have != (tp or 1, pp or 1):
+        raise CheckpointError(f"the running world has TP={have[0]}, PP={have[1]}, not {tp}/{pp}")
 
 
 def is_rank0() -> bool:
@@ -79,7 +58,7 @@ def new_output_dir(path: str | Path) -> Path:
 def staging_path(target: Path) -> Path:
     """A hidden sibling of ``target`` (same file system, so a rename publishes it atomically);
     the same name on every rank."""
-    return Path(on_rank0(lambda: str(target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")))
+    return Path(on_rank0(lambda: str(atomic.temporary_sibling(target))))
 
 
 @contextmanager
@@ -90,7 +69,7 @@ def published(staging: Path, target: Path):
         on_rank0(lambda: _publish(staging, target))
     except BaseException:
         if is_rank0():
-            shutil.rmtree(staging, ignore_errors=True)
+            atomic.remove(staging)
         raise
 
 

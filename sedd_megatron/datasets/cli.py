@@ -4,7 +4,7 @@ import logging
 import sys
 import warnings
 
-from sedd_megatron.datasets.errors import DataError
+from sedd_megatron.errors import DataError
 
 
 def quiet_megatron_import() -> None:

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Sequence
 
+from sedd_megatron.atomic import atomic_open, atomic_write_text
 from sedd_megatron.datasets.corpus_sources import (
     DEFAULT_TRAIN_SOURCES,
     SOURCES,
@@ -26,9 +27,9 @@ from sedd_megatron.datasets.corpus_sources import (
     ptb_documents,
     ptb_splits,
 )
-from sedd_megatron.datasets.errors import DataError
 from sedd_megatron.datasets.preprocess import preprocess
 from sedd_megatron.datasets.tokenizers import TextTokenizer, build_tokenizer
+from sedd_megatron.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
@@ -89,17 +90,13 @@ def collect_documents(
 
 
 def _write_jsonl(path: str, docs: list[tuple[str, str]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for source, text in docs:
             f.write(json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, text, newline="")
 
 
 def build_settings(sources, max_train_bytes, tokenizer: TextTokenizer) -> dict:
@@ -186,9 +183,8 @@ def build_corpus(
             "by_source": by_source,
         }
     path = os.path.join(out_dir, MANIFEST)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         json.dump(manifest, f, indent=2)
-    os.replace(path + ".tmp", path)
     return load_manifest(out_dir)
 
 

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sedd_megatron.datasets.errors import DataError
+from sedd_megatron.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ into place only when complete, so a failed run leaves no ``.bin``/``.idx`` behin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from sedd_megatron.datasets.errors import DataError
+from sedd_megatron.atomic import atomic_path
 from sedd_megatron.datasets.tokenizers import TextTokenizer
+from sedd_megatron.errors import DataError
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 _BATCH_DOCS = 128
@@ -141,15 +143,11 @@ def preprocess(
         iter_documents(p, keys if j else None, per_line, encoding)
         for p, j in zip(inputs, is_json, strict=True)
     )
-    writer = _Writers(prefixes, tokenizer.vocab_size)
     stats = PreprocessStats(prefixes=dict(prefixes))
-    try:
+    with _writers(prefixes, tokenizer.vocab_size) as writer:
         _run(docs, tokenizer, workers, writer, stats, progress)
         if not any(stats.documents.values()):
             raise DataError(f"no non-empty documents in {', '.join(inputs)}")
-        writer.commit()
-    finally:
-        writer.discard()
     return stats
 
 
@@ -205,32 +203,34 @@ def _check_ids(ids: list[int], vocab_size: int, where: str) -> None:
 
 
 class _Writers:
-    """One IndexedDatasetBuilder per key, on temporary names until :meth:`commit`."""
+    """One IndexedDatasetBuilder per key (made by :func:`_writers`); ``final``: the prefixes."""
 
-    def __init__(self, prefixes: dict[str, str], vocab_size: int) -> None:
-        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-
-        self.dtype = DType.optimal_dtype(vocab_size)
-        self.tmp = {k: f"{p}.tmp{os.getpid()}" for k, p in prefixes.items()}
-        self.final = dict(prefixes)
-        self.builders = {
-            k: IndexedDatasetBuilder(t + ".bin", dtype=self.dtype) for k, t in self.tmp.items()
-        }
+    def __init__(self, dtype, builders: dict, final: dict[str, str]) -> None:
+        self.dtype = dtype
+        self.builders = builders
+        self.final = final
 
     def add(self, key: str, ids: list[int]) -> int:
         self.builders[key].add_document(numpy.asarray(ids, dtype=self.dtype), [len(ids)])
         return len(ids)
 
-    def commit(self) -> None:
-        for key, builder in self.builders.items():
-            builder.finalize(self.tmp[key] + ".idx")
-        for key, tmp in self.tmp.items():  # .bin first: a reader needs the .idx to start
-            os.replace(tmp + ".bin", self.final[key] + ".bin")
-            os.replace(tmp + ".idx", self.final[key] + ".idx")
 
-    def discard(self) -> None:
-        for key, tmp in self.tmp.items():
-            self.builders[key].data_file.close()
-            for suffix in (".bin", ".idx"):
-                if os.path.exists(tmp + suffix):
-                    os.remove(tmp + suffix)
+@contextlib.contextmanager
+def _writers(prefixes: dict[str, str], vocab_size: int) -> Iterator[_Writers]:
+    """_Writers for ``{prefix}.bin``/``.idx`` per key, on temporary names (atomic_path) while the
+    block runs: finalized and renamed into place when it succeeds, deleted when it fails."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    dtype = DType.optimal_dtype(vocab_size)
+    builders, idx_paths = {}, {}
+    with contextlib.ExitStack() as stack:
+        # Exits run last-in first-out: key by key in order, each .bin renamed before its .idx
+        # (a reader needs the .idx to start), each builder's file closed before that.
+        for key in reversed(prefixes):
+            idx_paths[key] = stack.enter_context(atomic_path(prefixes[key] + ".idx"))
+            bin_path = stack.enter_context(atomic_path(prefixes[key] + ".bin"))
+            builders[key] = IndexedDatasetBuilder(os.fspath(bin_path), dtype=dtype)
+            stack.callback(builders[key].data_file.close)
+        yield _Writers(dtype, builders, dict(prefixes))
+        for key, builder in builders.items():
+            builder.finalize(os.fspath(idx_paths[key]))

@@ -21,7 +21,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
-from sedd_megatron.datasets.errors import DataError
+from sedd_megatron.errors import DataError
 
 Blend = list[str] | str | None
 

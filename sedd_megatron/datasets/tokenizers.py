@@ -21,7 +21,8 @@ import shutil
 from collections import OrderedDict
 from functools import lru_cache
 
-from sedd_megatron.datasets.errors import DataError
+from sedd_megatron.datasets.gpt2_bpe import GPT2BPE
+from sedd_megatron.errors import DataError
 
 KINDS = ("gpt2", "sentencepiece", "huggingface")
 GPT2_EOS = "<|endoftext|>"
@@ -77,8 +78,6 @@ class GPT2Tokenizer(TextTokenizer):
     kind = "gpt2"
 
     def __init__(self, vocab_file: str | None = None, merges_file: str | None = None) -> None:
-        from sedd_megatron.datasets.gpt2_bpe import GPT2BPE
-
         if (vocab_file is None) != (merges_file is None):
             raise DataError("GPT-2 BPE needs both a vocab (encoder.json) and a merges file")
         if vocab_file is None:

@@ -1,8 +1,17 @@
 """SEDD diffusion math in pure PyTorch (no Megatron): graphs, noise schedules, score-entropy loss,
-categorical sampling and reverse-process samplers. See SEDD_SPEC.md §3-6."""
+categorical sampling and reverse-process samplers. See docs/math.md §1-5."""
 
 from .categorical import exponential_noise, randint, sample_categorical, uniform
-from .graph import Absorbing, Graph, ScoreEntropyStats, Uniform, get_graph, log_expm1
+from .graph import (
+    GRAPHS,
+    Absorbing,
+    Graph,
+    ScoreEntropyStats,
+    Uniform,
+    get_graph,
+    graph_class,
+    log_expm1,
+)
 from .loss import ScoreFn, sample_t, score_entropy_loss, sequence_loss
 from .noise import GeometricNoise, LogLinearNoise, Noise, get_noise
 from .sampling import (
@@ -18,6 +27,7 @@ from .sampling import (
 
 __all__ = [
     "Absorbing",
+    "GRAPHS",
     "GeometricNoise",
     "Graph",
     "LogLinearNoise",
@@ -33,6 +43,7 @@ __all__ = [
     "exponential_noise",
     "get_graph",
     "get_noise",
+    "graph_class",
     "log_expm1",
     "mask_projector",
     "randint",

@@ -1,4 +1,4 @@
-"""Diffusion graphs: the rate matrix Q of the forward CTMC (spec §3).
+"""Diffusion graphs: the rate matrix Q of the forward CTMC (docs/math.md §1, §3).
 
 Convention: dp_t/dt = sigma(t) Q p_t, Q(y, x) = rate of jumping x -> y, so columns of Q sum to
 zero and p_{t|0}(y | x) = exp(sigma_bar Q)(y, x). ``rate(i)`` is column i, ``transp_rate(i)``
@@ -22,6 +22,9 @@ It is split for vocabulary-parallel use (the vocabulary is sharded across tensor
    (float64) and the final combination, on (B, L) tensors. ``score_entropy`` is exactly 1 then 2.
 """
 
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -96,16 +99,114 @@ def _column_weights(s: torch.Tensor, num_valid: int | None, drop: int | None = N
     return weights
 
 
-class Graph:
-    """Common code. Subclasses define ``dim``, ``absorb`` and: ``rate(i)``, ``transp_rate(i)``,
-    ``transition(i, sigma)``, ``transp_transition(i, sigma)``, ``sample_transition(x0, sigma)``,
-    ``staggered_score(score, dsigma)`` (= exp(-dsigma Q) s), ``sample_limit(*batch_dims)``,
-    ``score_entropy_stats(log_score, x_t, x0, vocab_offset)`` and
-    ``score_entropy_from_stats(stats, sigma, x_t, x0)``."""
+def _at_column(w: torch.Tensor, x: torch.Tensor, start: int):
+    """(rows whose token x is in this slice, its local column) for scatter updates."""
+    local = x - start
+    inside = (local >= 0) & (local < w.shape[-1])
+    return inside.nonzero().squeeze(-1), local[inside]
 
-    dim: int
-    num_tokens: int
+
+class Graph(ABC):
+    """The forward process of one graph. Everything that differs between graphs is a method or
+    class attribute here (abstract in this base), so that code outside ``sedd_megatron.diffusion``
+    never asks which graph it holds. Subclasses register under ``name`` in :data:`GRAPHS`.
+
+    Class attributes: ``name`` (the registry key), ``default_noise`` (the noise schedule used
+    with the graph unless one is given), ``sigma_scaling`` (the model's ``scale_by_sigma``
+    output shift is defined for the graph, and on by default), ``clean_loss_is_zero`` (the score
+    entropy of an uncorrupted sequence, x_t = x0, is exactly 0), ``absorb`` (kept for tests;
+    outside this package use the methods instead).
+    """
+
+    name: str
+    default_noise: str
+    sigma_scaling: bool
+    clean_loss_is_zero: bool
     absorb: bool
+
+    def __init__(self, num_tokens: int):
+        self.num_tokens = num_tokens
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """States of the chain: rows of the model's embedding and output layer (V')."""
+
+    @property
+    @abstractmethod
+    def mask_id(self) -> int | None:
+        """The id of the MASK state, or None if the graph has none."""
+
+    @abstractmethod
+    def rate(self, i, dtype=None):
+        """Column i of Q: rates of jumping out of x = i, (..., dim)."""
+
+    @abstractmethod
+    def transp_rate(self, i, dtype=None):
+        """Row i of Q: rates of jumping into x = i, (..., dim)."""
+
+    @abstractmethod
+    def transition(self, i, sigma):
+        """Column i of exp(sigma Q): the law of x_t given x_0 = i, (..., dim)."""
+
+    @abstractmethod
+    def transp_transition(self, i, sigma):
+        """Row i of exp(sigma Q): y -> p(x_t = i | x_0 = y), (..., dim)."""
+
+    @abstractmethod
+    def sample_transition(self, x0, sigma, generator: Generator = None):
+        """x_t ~ p_{t|0}(. | x0) at total noise sigma, i.i.d. over positions."""
+
+    @abstractmethod
+    def staggered_score(self, score, dsigma):
+        """exp(-dsigma Q) s along the last dimension."""
+
+    @abstractmethod
+    def sample_limit(self, *batch_dims, device=None, generator: Generator = None):
+        """Tokens of shape ``batch_dims`` from the limiting distribution (t = 1)."""
+
+    @abstractmethod
+    def limit_draw(self, rows: int, length: int, randint: Callable, device=None):
+        """The t = 1 state of ``rows`` sequences of ``length`` tokens, whatever randomness it
+        needs coming from ``randint(row, high)``: a (length,) tensor of ids in [0, high) for row
+        ``row`` (e.g. the sampler's keyed streams). Not called where no draw is needed."""
+
+    @abstractmethod
+    def corrupt(self, x0: torch.Tensor, where: torch.Tensor, generator: Generator = None):
+        """x0 with the positions ``where`` (bool, x0's shape) moved to a draw of the limiting
+        distribution: the state of x0 with exactly those positions corrupted."""
+
+    @abstractmethod
+    def moving(self, x: torch.Tensor) -> torch.Tensor:
+        """Bool, x's shape: the positions of x that a reverse step can still change."""
+
+    @abstractmethod
+    def excluded_column(self, offset: int = 0) -> int | None:
+        """The column that vocabulary sums of the scores leave out for every token (score
+        entropy's exp_sum, the sampler's S), relative to a shard starting at ``offset`` (it may
+        fall outside the shard); None if there is none."""
+
+    @abstractmethod
+    def sampler_weights(self, s, x, start: int, total, kind: str, coef=0.0, exponent=0.0):
+        """Float64 weights (R, C) of one reverse draw over columns [start, start + C), for R
+        tokens with ids x (R,), scores s = exp(log-score) (R, C) float64 and the full-vocabulary
+        sums ``total`` (R,) float64 (see ``sedd_megatron.sampling.weights``). ``kind`` is
+        "euler" (coefficient ``coef``), "analytic" or "denoise" (exponent ``exponent``)."""
+
+    @abstractmethod
+    def log_integrand_scale(self, sigma, dsigma, k, length: int):
+        """log omega(t, k): the size, up to a constant, of the ELBO integrand
+        sum_l sigma_bar'(t) SE_l of a sequence of ``length`` tokens with ``k`` of them corrupted,
+        at total noise ``sigma`` and rate ``dsigma`` = sigma_bar'(t) (the importance design's
+        proposal; see ``sedd_megatron.evaluation.designs``)."""
+
+    @abstractmethod
+    def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
+        """The vocabulary reductions (:class:`ScoreEntropyStats`) over the columns held here."""
+
+    @abstractmethod
+    def score_entropy_from_stats(self, stats, sigma, x_t, x0):
+        """Per-token score entropy (B, L) from the full-vocabulary statistics."""
 
     def onehot(self, i, dtype=torch.float32):
         """One-hot rows (..., dim) of token ids i."""
@@ -138,12 +239,19 @@ class Absorbing(Graph):
         SE = sum_{y != M} e^{s_y} - r s_{x0} + r (log r - 1).
     """
 
+    name = "absorb"
+    default_noise = "loglinear"
+    sigma_scaling = True
+    clean_loss_is_zero = True  # SE vanishes off the MASK
     absorb = True
 
-    def __init__(self, num_tokens: int):
-        self.num_tokens = num_tokens
-        self.dim = num_tokens + 1
-        self.mask_id = num_tokens
+    @property
+    def dim(self) -> int:
+        return self.num_tokens + 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_tokens
 
     def rate(self, i, dtype=None):
         dtype = dtype or torch.get_default_dtype()
@@ -183,6 +291,41 @@ class Absorbing(Graph):
     def sample_limit(self, *batch_dims, device=None, generator: Generator = None):
         return torch.full(batch_dims, self.mask_id, dtype=torch.long, device=device)
 
+    def limit_draw(self, rows: int, length: int, randint: Callable, device=None):
+        """All MASK; ``randint`` is not called."""
+        return self.sample_limit(rows, length, device=device)
+
+    def corrupt(self, x0, where, generator: Generator = None):
+        """MASK at ``where`` (no random draw)."""
+        return torch.where(where, torch.full_like(x0, self.mask_id), x0)
+
+    def moving(self, x):
+        """The masked positions: the others stay with probability 1."""
+        return x == self.mask_id
+
+    def excluded_column(self, offset: int = 0) -> int:
+        """The MASK column."""
+        return self.mask_id - offset
+
+    def sampler_weights(self, s, x, start: int, total, kind: str, coef=0.0, exponent=0.0):
+        """At x = MASK, with c = coef (Euler) or e^exponent - 1: w_y = c s_y for y != MASK,
+        w_MASK = 1 - c total (the denoiser has no MASK column); at x != MASK, w = onehot(x)."""
+        c = coef if kind == "euler" else torch.expm1(torch.tensor(exponent))
+        w = c * s
+        mask_col = self.mask_id - start
+        if kind != "denoise" and 0 <= mask_col < w.shape[-1]:
+            w[:, mask_col] = 1 - c * total
+        stay = x != self.mask_id
+        w[stay] = 0.0
+        rows, cols = _at_column(w, torch.where(stay, x, -1), start)
+        w[rows, cols] = 1.0
+        return w
+
+    def log_integrand_scale(self, sigma, dsigma, k, length: int):
+        """log(k sigma' / (e^sigma - 1)) = log(k d/dt log q(t)), q(t) = 1 - e^{-sigma}: the
+        integrand of a predictor with a constant per-token cross-entropy."""
+        return torch.log(k) + torch.log(dsigma) - log_expm1(sigma)
+
     def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
         """exp_sum = sum_{y != M} e^{s_y} and at_x0 = s_{x0} over columns held by this shard.
 
@@ -217,11 +360,19 @@ class Uniform(Graph):
     does, and is NaN at small sigma in float32).
     """
 
+    name = "uniform"
+    default_noise = "geometric"
+    sigma_scaling = False
+    clean_loss_is_zero = False
     absorb = False
 
-    def __init__(self, num_tokens: int):
-        self.num_tokens = num_tokens
-        self.dim = num_tokens
+    @property
+    def dim(self) -> int:
+        return self.num_tokens
+
+    @property
+    def mask_id(self) -> None:
+        return None
 
     def rate(self, i, dtype=None):
         dtype = dtype or torch.get_default_dtype()
@@ -253,6 +404,47 @@ class Uniform(Graph):
     def sample_limit(self, *batch_dims, device=None, generator: Generator = None):
         return randint(self.dim, batch_dims, device=device, generator=generator)
 
+    def limit_draw(self, rows: int, length: int, randint: Callable, device=None):
+        """Uniform tokens: ``randint(row, dim)`` for each row."""
+        return torch.stack([randint(row, self.dim) for row in range(rows)]).to(device)
+
+    def corrupt(self, x0, where, generator: Generator = None):
+        """A uniform redraw (maybe the same token) at ``where``; draws ``torch.randint`` over
+        all of x0's shape from ``generator``."""
+        new = torch.randint(0, self.dim, x0.shape, generator=generator)
+        return torch.where(where, new, x0)
+
+    def moving(self, x):
+        """Every position."""
+        return torch.ones_like(x, dtype=torch.bool)
+
+    def excluded_column(self, offset: int = 0) -> None:
+        """None: the sampler's sum T covers every column, and the score entropy leaves out each
+        token's own column x_t instead of a fixed one."""
+        return None
+
+    def sampler_weights(self, s, x, start: int, total, kind: str, coef=0.0, exponent=0.0):
+        """Euler: w_y = (c / N) s_y for y != x, w_x = 1 - (c / N)(total - 1), c = coef.
+        Analytic / denoiser, d = exponent: w_y = (e^d s_y - (e^d - 1) total / N)
+        ((1 - e^-d) / N + e^-d [y = x])."""
+        n = self.dim
+        rows, cols = _at_column(s, x, start)
+        if kind == "euler":
+            w = (coef / n) * s
+            w[rows, cols] = 1 - (coef / n) * (total[rows] - 1)
+            return w
+        d = torch.tensor(exponent, dtype=torch.float64)
+        stag = d.exp() * s - (torch.expm1(d) / n) * total[:, None]
+        w = stag * (-torch.expm1(-d) / n)
+        w[rows, cols] = stag[rows, cols] * (-torch.expm1(-d) / n + torch.exp(-d))
+        return w
+
+    def log_integrand_scale(self, sigma, dsigma, k, length: int):
+        """log(sigma' (L + k log(N) / (e^sigma - 1))): a base term per position plus a term per
+        redrawn position (its log-score enters with weight 1 / (e^sigma - 1))."""
+        per_redrawn = math.log(self.num_tokens) * torch.exp(-log_expm1(sigma))
+        return torch.log(dsigma) + torch.log(length + k * per_redrawn)
+
     def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
         """Shard sums: exp_sum = sum_{y != x} e^{s_y}, log_sum = sum_{y != x} s_y, at_x0 = s_x0.
 
@@ -283,10 +475,18 @@ class Uniform(Graph):
         return (exp_sum / n - neg + const).to(stats.exp_sum.dtype)
 
 
+GRAPHS: dict[str, type[Graph]] = {cls.name: cls for cls in (Absorbing, Uniform)}
+"""The one registry of graph names: validate and list names with it (``tuple(GRAPHS)``)."""
+
+
+def graph_class(name: str) -> type[Graph]:
+    """The graph class registered as ``name``; ValueError for an unknown name."""
+    if name not in GRAPHS:
+        expected = " or ".join(repr(known) for known in GRAPHS)
+        raise ValueError(f"unknown graph {name!r} (expected {expected})")
+    return GRAPHS[name]
+
+
 def get_graph(name: str, num_tokens: int) -> Graph:
     """``"absorb"`` (dim = num_tokens + 1, MASK id = num_tokens) or ``"uniform"`` (dim = N)."""
-    if name == "absorb":
-        return Absorbing(num_tokens)
-    if name == "uniform":
-        return Uniform(num_tokens)
-    raise ValueError(f"unknown graph {name!r} (expected 'absorb' or 'uniform')")
+    return graph_class(name)(num_tokens)

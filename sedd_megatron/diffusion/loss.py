@@ -1,4 +1,5 @@
-"""Training loss: denoising score entropy, a one-sample Monte-Carlo estimate of the ELBO (§5).
+"""Training loss: denoising score entropy, a one-sample Monte-Carlo estimate of the ELBO
+(docs/math.md §4.1, §6.1).
 
     -log p_0(x0) <= int_0^1 E_{x_t ~ p_{t|0}(.|x0)} sum_l sigma_bar'(t) SE_l(x_t, sigma_bar(t)) dt
                     + KL(p_{1|0}(.|x0) || p_base)

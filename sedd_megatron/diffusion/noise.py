@@ -1,4 +1,5 @@
-"""Noise schedules: total noise sigma_bar(t) and its rate sigma_bar'(t), t in [0, 1] (spec §4).
+"""Noise schedules: total noise sigma_bar(t) and its rate sigma_bar'(t), t in [0, 1]
+(docs/math.md §2).
 
 The forward process is dp_t/dt = sigma(t) Q p_t, so p_{t|0} = exp(sigma_bar(t) Q) with
 sigma_bar(t) = int_0^t sigma(s) ds. ``noise(t)`` returns ``(sigma_bar(t), sigma_bar'(t))`` in

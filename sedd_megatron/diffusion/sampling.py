@@ -1,5 +1,5 @@
-"""Reverse-process samplers (spec §6): Euler and analytic (Tweedie tau-leaping) predictors, a
-final denoiser, projectors for conditioning, and the ``sample`` driver.
+"""Reverse-process samplers (docs/math.md §5): Euler and analytic (Tweedie tau-leaping)
+predictors, a final denoiser, projectors for conditioning, and the ``sample`` driver.
 
 ``score_fn(x (B, L), sigma (B,)) -> log_score (B, L, dim)``; predictors exponentiate it. Each
 predictor returns the unnormalised transition weights ``probs`` (B, L, dim) of one step,

@@ -2,50 +2,68 @@
 intervals, variance-reduced t-designs) and sample quality (generative perplexity under a local
 causal LM, unigram entropy, MAUVE).
 
-Importing this package imports neither Megatron nor transformers; names load on first use.
+Importing this package imports neither Megatron nor transformers.
 """
 
-import importlib
+from sedd_megatron.errors import EvalError
 
-_EXPORTS = {
-    "EvalError": "errors",
-    "ptb_detokenize": "detokenize",
-    "EvalData": "data",
-    "load_eval_data": "data",
-    "iter_documents": "data",
-    "make_blocks": "data",
-    "DESIGNS": "designs",
-    "build_design": "designs",
-    "MonteCarloDesign": "designs",
-    "StratifiedDesign": "designs",
-    "CountImportanceDesign": "designs",
-    "combine_replicates": "stats",
-    "PlainScorer": "models",
-    "MegatronScorer": "models",
-    "plain_scorer": "models",
-    "megatron_scorer": "models",
-    "BlockDraws": "elbo",
-    "ElboResult": "elbo",
-    "evaluate_draws": "elbo",
-    "evaluate_blocks": "elbo",
-    "evaluate_elbo": "elbo",
-    "compare_designs": "elbo",
-    "elbo_report": "elbo",
-    "CausalLM": "gen_ppl",
-    "load_causal_lm": "gen_ppl",
-    "generative_perplexity": "gen_ppl",
-    "unigram_entropy": "gen_ppl",
-    "mauve_score": "gen_ppl",
-    "read_samples": "gen_ppl",
-    "gen_ppl_report": "gen_ppl",
-    "plot_gen_ppl_vs_steps": "gen_ppl",
-}
+from .data import EvalData, iter_documents, load_eval_data, make_blocks
+from .designs import (
+    DESIGNS,
+    CountImportanceDesign,
+    MonteCarloDesign,
+    StratifiedDesign,
+    build_design,
+)
+from .detokenize import ptb_detokenize
+from .draws import BlockDraws, block_generator, perturb
+from .estimator import evaluate_blocks, evaluate_draws, gather_blocks
+from .gen_ppl import (
+    CausalLM,
+    gen_ppl_report,
+    generative_perplexity,
+    load_causal_lm,
+    mauve_score,
+    read_samples,
+    unigram_entropy,
+)
+from .plots import plot_gen_ppl_vs_steps, plot_integrand
+from .report import ElboResult, compare_designs, elbo_report, evaluate_elbo, open_eval_model
+from .stats import combine_replicates, elbo_summary, integrand_curve
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    return getattr(module, name)
+__all__ = [
+    "BlockDraws",
+    "CausalLM",
+    "CountImportanceDesign",
+    "DESIGNS",
+    "ElboResult",
+    "EvalData",
+    "EvalError",
+    "MonteCarloDesign",
+    "StratifiedDesign",
+    "block_generator",
+    "build_design",
+    "combine_replicates",
+    "compare_designs",
+    "elbo_report",
+    "elbo_summary",
+    "evaluate_blocks",
+    "evaluate_draws",
+    "evaluate_elbo",
+    "gather_blocks",
+    "gen_ppl_report",
+    "generative_perplexity",
+    "integrand_curve",
+    "iter_documents",
+    "load_causal_lm",
+    "load_eval_data",
+    "make_blocks",
+    "mauve_score",
+    "open_eval_model",
+    "perturb",
+    "plot_gen_ppl_vs_steps",
+    "plot_integrand",
+    "ptb_detokenize",
+    "read_samples",
+    "unigram_entropy",
+]

@@ -1,6 +1,6 @@
 """Evaluation data: documents -> GPT-2 tokens with EOS after every document -> fixed-length blocks.
 
-The paper's likelihood protocol (SEDD_SPEC.md section 5): the invertible GPT-2 tokenizer, EOS
+The paper's likelihood protocol (docs/math.md §6.2): the invertible GPT-2 tokenizer, EOS
 (50256) appended to every document, all documents concatenated and cut into non-overlapping
 blocks of the model's length (no sliding window; the incomplete last block is dropped).
 
@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sedd_megatron.datasets.corpus_sources import ptb_documents, ptb_splits
+from sedd_megatron.datasets.tokenizers import build_tokenizer
+from sedd_megatron.errors import DataError, EvalError
 from sedd_megatron.evaluation.detokenize import ptb_detokenize
-from sedd_megatron.evaluation.errors import EvalError
 
 PTB_SPLITS = ("test", "valid", "train")
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
@@ -93,9 +95,6 @@ def _raw_documents(data: str, *, json_key: str, per_line: bool) -> Iterator[str]
             raise EvalError(
                 f"unknown PTB split {split!r} (expected ptb-test, ptb-valid, ptb-train)"
             )
-        from sedd_megatron.datasets.corpus_sources import ptb_documents, ptb_splits
-        from sedd_megatron.datasets.errors import DataError
-
         try:
             text = ptb_splits()[split]
         except DataError as err:
@@ -175,8 +174,6 @@ def load_eval_data(
         source = f"indexed:{data}"
     else:
         if tokenizer is None:
-            from sedd_megatron.datasets.tokenizers import build_tokenizer
-
             tokenizer = build_tokenizer("gpt2")
         stream, documents = _tokenize(
             iter_documents(data, json_key=json_key, per_line=per_line, detokenizer=detokenizer),

@@ -1,7 +1,7 @@
 """Monte-Carlo designs over the diffusion time t (and the number of corrupted positions) for the
 ELBO of one block.
 
-The quantity estimated for a block x0 of L tokens is the paper's (SEDD_SPEC.md section 5):
+The quantity estimated for a block x0 of L tokens is the paper's (docs/math.md §6.1):
 
     ELBO(x0) = E_{t ~ U(eps, 1)} E_{x_t ~ p_{t|0}(.|x0)} [ sum_l sigma_bar'(t) SE_l(x_t, x0) ],
 
@@ -155,7 +155,6 @@ class CountImportanceDesign(Design):
     ):
         super().__init__(replicates, points, eps)
         self.graph, self.noise, self.length = graph, noise, seq_length
-        self.absorb = bool(graph.absorb)
         grid = grid_size or max(256, int(24 * math.sqrt(seq_length)))
         q_lo = corruption_probability(noise, torch.tensor([eps], dtype=torch.float64))
         q_hi = corruption_probability(noise, torch.tensor([1.0], dtype=torch.float64))
@@ -178,8 +177,8 @@ class CountImportanceDesign(Design):
         # every cell that can matter keeps a (tiny) positive mass: no bias from underflow
         floor = top - 600.0
         log_mass = torch.where(finite, log_mass.clamp_min(floor), log_mass)
-        if self.absorb:
-            log_mass[0] = -math.inf  # k = 0: nothing masked, the loss is exactly 0
+        if graph.clean_loss_is_zero:
+            log_mass[0] = -math.inf  # k = 0: nothing corrupted, the loss is exactly 0
         mass = torch.exp(log_mass - top)
         self.log_total = math.log(mass.sum().item()) + top.item()
         self.cdf = torch.cumsum(mass.flatten(), 0)
@@ -192,15 +191,9 @@ class CountImportanceDesign(Design):
         return log_binomial(k, self.length, sigma) - math.log(1 - self.eps)
 
     def _log_omega(self, t, k):
-        from sedd_megatron.diffusion import log_expm1
-
+        """log omega(t, k), the graph's (module docstring)."""
         sigma, dsigma = self.noise(t)
-        if self.absorb:  # k * sigma' / (e^sigma - 1) = k * d/dt log q(t)
-            return torch.log(k) + torch.log(dsigma) - log_expm1(sigma)
-        # uniform: sigma' (L + k log(N) / (e^sigma - 1)): a base term per position plus a
-        # term per redrawn position (its log-score enters with weight 1 / (e^sigma - 1))
-        per_redrawn = math.log(self.graph.num_tokens) * torch.exp(-log_expm1(sigma))
-        return torch.log(dsigma) + torch.log(self.length + k * per_redrawn)
+        return self.graph.log_integrand_scale(sigma, dsigma, k, self.length)
 
     def draw(self, generator):
         shape = (self.replicates, self.points)

@@ -1,6 +1,6 @@
 """Sample quality: generative perplexity under a local causal LM, unigram entropy, MAUVE.
 
-Generative perplexity (SEDD_SPEC.md section 6, last bullet): decode each sample to text,
+Generative perplexity (docs/math.md §7): decode each sample to text,
 re-tokenize it with the scorer's own tokenizer (no special tokens), score positions 1..n-1 and
 report
 
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sedd_megatron.evaluation.errors import EvalError
+from sedd_megatron.datasets.tokenizers import build_tokenizer
+from sedd_megatron.errors import EvalError
+from sedd_megatron.evaluation.plots import plot_gen_ppl_vs_steps  # noqa: F401  (re-exported)
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -322,8 +324,6 @@ def gen_ppl_report(
     if not per_sample:
         report.pop("per_sample_ppl")
     if tokens is None:
-        from sedd_megatron.datasets.tokenizers import build_tokenizer
-
         gpt2 = build_tokenizer("gpt2")
         tokens = [gpt2.encode(t) for t in texts]
     report.update(unigram_entropy(tokens))
@@ -343,41 +343,3 @@ def gen_ppl_report(
             }
         )
     return report
-
-
-def plot_gen_ppl_vs_steps(runs: Sequence[dict], path: str | os.PathLike, title: str | None = None):
-    """PNG (log-log) of generative perplexity against sampling steps (the paper's Fig. 1 shape).
-
-    ``runs``: dicts with ``steps``, ``gen_ppl``, optionally ``gen_ppl_stderr`` and ``label``
-    (one line per label, e.g. per model or predictor); runs without steps are skipped.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lines: dict[str, list[dict]] = {}
-    for run in runs:
-        if run.get("steps"):
-            lines.setdefault(run.get("label") or "samples", []).append(run)
-    if not lines:
-        raise EvalError("no run records its sampling steps (settings.steps); nothing to plot")
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
-    for label, pts in sorted(lines.items()):
-        pts = sorted(pts, key=lambda r: r["steps"])
-        x = [r["steps"] for r in pts]
-        y = [r["gen_ppl"] for r in pts]
-        err = [1.96 * r.get("gen_ppl_stderr", 0.0) for r in pts]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("generative perplexity (lower is better)")
-    scorer = next(iter(runs)).get("scorer", "")
-    ax.set_title(title or f"Generative perplexity vs steps (scorer: {scorer})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

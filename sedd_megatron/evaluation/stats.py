@@ -1,4 +1,5 @@
-"""Confidence intervals for sums of independent Monte-Carlo estimates.
+"""Confidence intervals for sums of independent Monte-Carlo estimates, and the ELBO statistics
+built on them (:func:`elbo_summary`, :func:`integrand_curve`).
 
 Each block b has R_b independent replicate estimates (group means of weighted losses). Its
 estimate is their mean and its Monte-Carlo variance is s_b^2 / R_b (s_b^2 the sample variance
@@ -88,3 +89,53 @@ def combine_replicates(replicates: list[np.ndarray]) -> SumEstimate:
     else:
         dof = variance**2 / dof_denominator
     return SumEstimate(total=total, variance=variance, dof=dof, blocks=len(replicates))
+
+
+LN2 = math.log(2.0)
+
+
+def elbo_summary(blocks, seq_length: int, level: float = 0.95) -> dict:
+    """nats/token, bits/token, perplexity bound, CI (Monte-Carlo error, data held fixed) of
+    per-block draws (:class:`~sedd_megatron.evaluation.draws.BlockDraws`)."""
+    est = combine_replicates([b.replicate_estimates for b in blocks])
+    tokens = len(blocks) * seq_length
+    nats = est.total / tokens
+    half = est.half_width(level) / tokens
+    evaluations = int(sum(b.loss.size for b in blocks))
+    per_block = np.array([b.estimate / seq_length for b in blocks])
+    stderr = est.stderr / tokens
+    return {
+        "nats_per_token": nats,
+        "bits_per_token": nats / LN2,
+        "ppl_bound": math.exp(nats),
+        "confidence_level": level,
+        "ci_nats_per_token": [nats - half, nats + half],
+        "ci_bits_per_token": [(nats - half) / LN2, (nats + half) / LN2],
+        "ci_ppl_bound": [math.exp(nats - half), math.exp(nats + half)],
+        "ci_half_width_nats": half,
+        "stderr_nats_per_token": stderr,
+        "dof": est.dof,
+        "blocks": len(blocks),
+        "tokens": tokens,
+        "evaluations": evaluations,
+        # evaluations x variance: the cost of a given CI width (lower is better)
+        "variance_x_evaluations": stderr**2 * evaluations,
+        "block_nats_per_token_sd": float(per_block.std(ddof=1)) if per_block.size > 1 else 0.0,
+    }
+
+
+def integrand_curve(blocks, seq_length: int, eps: float = 1e-3, bins: int = 24) -> dict:
+    """Binned estimate of the per-token integrand sigma_bar'(t) E[SE] / L over log-spaced
+    t-bins: sum of w * loss in a bin / (draws * bin width) * (1 - eps), averaged over blocks
+    (valid for every design, since w is the density ratio to t ~ U(eps, 1)). Bins without
+    draws are NaN."""
+    edges = np.geomspace(eps, 1.0, bins + 1)
+    acc, hits = np.zeros(bins), np.zeros(bins)
+    for b in blocks:
+        idx = np.clip(np.searchsorted(edges, b.t.ravel(), side="right") - 1, 0, bins - 1)
+        np.add.at(acc, idx, (b.weight * b.loss).ravel() / b.loss.size)
+        np.add.at(hits, idx, 1)
+    acc *= (1 - eps) / (np.diff(edges) * len(blocks) * seq_length)
+    acc[hits == 0] = np.nan
+    centers = np.sqrt(edges[1:] * edges[:-1])
+    return {"t": centers, "integrand": acc, "edges": edges, "draws": hits}

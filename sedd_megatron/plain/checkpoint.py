@@ -5,11 +5,8 @@ as ``model.safetensors`` and/or ``pytorch_model.bin``. Pickles are only read wit
 ``weights_only=True``; keys and shapes are checked strictly against layout.py.
 """
 
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,8 +14,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sedd_megatron.atomic import atomic_directory
+from sedd_megatron.errors import CheckpointError
+
 from .config import SEDDConfig
-from .layout import ROTARY_INV_FREQ, CheckpointError, check_state_dict, rotary_inv_freq
+from .layout import ROTARY_INV_FREQ, check_state_dict, rotary_inv_freq
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -116,31 +116,10 @@ def save_pretrained(
     check_state_dict(state_dict, model.config, allow_missing_derived=False)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         model.config.to_json(staging / CONFIG_NAME)
         if safetensors:
             save_file(state_dict, staging / SAFETENSORS_NAME, metadata={"format": "pt"})
         if pytorch_bin:
             torch.save(state_dict, staging / PYTORCH_BIN_NAME)
-        os.chmod(staging, 0o755)
-        _replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
-
-
-def _replace_directory(source: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(source, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rename(target, old / "replaced")
-    try:
-        os.rename(source, target)
-    except BaseException:
-        os.rename(old / "replaced", target)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

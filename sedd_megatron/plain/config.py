@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GRAPH_TYPES = ("absorb", "uniform")
+from sedd_megatron.diffusion import GRAPHS, get_graph
+from sedd_megatron.errors import ConfigError
+
+GRAPH_TYPES = tuple(GRAPHS)  # the registered graph names
 NOISE_TYPES = ("loglinear", "geometric")
 MODEL_TYPES = ("ddit",)
 
@@ -36,10 +39,6 @@ _FIELD_NAMES = {
     name: key if section is None else f"{section}.{key}" for section, key, name in _JSON_FIELDS
 }
 _REQUIRED = ("tokens", "graph", "hidden_size", "cond_dim", "length", "n_blocks", "n_heads")
-
-
-class ConfigError(ValueError):
-    """An invalid SEDD configuration; the message names the offending field."""
 
 
 @dataclass
@@ -74,7 +73,7 @@ class SEDDConfig:
             raise ConfigError(f"model.type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if not isinstance(self.scale_by_sigma, bool):
             raise ConfigError(f"model.scale_by_sigma must be a bool, got {self.scale_by_sigma!r}")
-        if self.scale_by_sigma and self.graph != "absorb":
+        if self.scale_by_sigma and not GRAPHS[self.graph].sigma_scaling:
             raise ConfigError("model.scale_by_sigma=True is only allowed with graph.type 'absorb'")
         if self.hidden_size % self.n_heads:
             raise ConfigError(
@@ -101,13 +100,9 @@ class SEDDConfig:
         return self.hidden_size // self.n_heads
 
     @property
-    def absorb(self) -> bool:
-        return self.graph == "absorb"
-
-    @property
     def vocab_rows(self) -> int:
         """Embedding and output rows: tokens + 1 (MASK) for absorb, tokens for uniform."""
-        return self.tokens + 1 if self.absorb else self.tokens
+        return get_graph(self.graph, self.tokens).dim
 
     @classmethod
     def from_dict(cls, config: dict) -> "SEDDConfig":

@@ -1,10 +1,13 @@
-"""State-dict layout of the reference SEDD module (SEDD_SPEC.md §2): key names, order and shapes.
+"""State-dict layout of the reference SEDD module: key names, order and shapes
+(docs/architecture.md §5).
 
 Everything that maps names to tensors (the plain model, checkpoint IO, Megatron adapters) should
 use these constants instead of spelling out key strings.
 """
 
 import torch
+
+from sedd_megatron.errors import CheckpointError
 
 from .config import SEDDConfig
 
@@ -99,10 +102,6 @@ def expected_shapes(config: SEDDConfig) -> dict[str, tuple[int, ...]]:
 def rotary_inv_freq(head_dim: int) -> torch.Tensor:
     """inv_freq_j = base^(-2j/head_dim), j < head_dim/2, float32 (the reference buffer)."""
     return 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2).float() / head_dim))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the SEDD layout or its config."""
 
 
 def check_state_dict(state_dict: dict, config: SEDDConfig, allow_missing_derived: bool = True):

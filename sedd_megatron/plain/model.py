@@ -1,7 +1,7 @@
 """The SEDD score network (a DiT-style bidirectional transformer) in plain PyTorch.
 
 Module and parameter names follow the reference implementation exactly (see layout.py), so state
-dicts move between the two with strict key checking. Math: SEDD_SPEC.md §1.
+dicts move between the two with strict key checking. Math: docs/math.md §8.
 """
 
 import math

@@ -6,8 +6,10 @@ and Megatron is imported only by the functions that need it.
 - :func:`enable_cpu_megatron` lets ``megatron.core`` and ``megatron.training.pretrain()`` run
   on a CPU-only machine (a development/CI path, not a training platform).
 - :func:`apply_upstream_fixes` repairs the distributed optimizer's resume with torch Adam.
-- :func:`init_distributed` / :func:`destroy_distributed` set up gloo + Megatron model-parallel
-  state from torchrun's environment, for tests and small scripts.
+- :func:`world` (a context manager; :func:`init_distributed` / :func:`destroy_distributed`
+  underneath) sets up gloo/NCCL + Megatron model-parallel state from torchrun's environment
+  and tears it down: for entry points only (scripts, tools, tests). Library functions take an
+  initialised world (:func:`world_is_initialized`) and never start one.
 """
 
 from sedd_megatron.runtime.cpu import enable_cpu_megatron, is_cpu_megatron_enabled
@@ -15,6 +17,9 @@ from sedd_megatron.runtime.distributed import (
     CPU_PIPELINE_CONFIG,
     destroy_distributed,
     init_distributed,
+    world,
+    world_is_initialized,
+    world_layout,
 )
 from sedd_megatron.runtime.upstream_fixes import apply_upstream_fixes, uses_torch_adam_fallback
 
@@ -26,4 +31,7 @@ __all__ = [
     "init_distributed",
     "is_cpu_megatron_enabled",
     "uses_torch_adam_fallback",
+    "world",
+    "world_is_initialized",
+    "world_layout",
 ]

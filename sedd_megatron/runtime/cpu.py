@@ -6,7 +6,7 @@ schedules, ``torch_dist`` checkpoints, ``pretrain()``) can be exercised by tests
 without a GPU. It is slow, and it is tested against megatron-core 0.19.2 only.
 
 Megatron assumes CUDA in many places. :func:`enable_cpu_megatron` makes those places work on
-CPU, each for a failure seen without it (the project's shared notes, MCORE_ON_CPU.md, list them):
+CPU, each for a failure seen without it (docs/runtime.md §2–4 explains each):
 
 - a process-wide torch function mode (:class:`_CudaToCpuMode`) maps CUDA device requests
   (``device="cuda"``, ``device=torch.cuda.current_device()``, ``.cuda()``, ``.to("cuda")``)
@@ -64,7 +64,7 @@ def enable_cpu_megatron() -> bool:
     mode.__enter__()  # stays pushed for the life of the process
     _STATE["mode"] = mode
     _run_backward_under(mode)
-    from sedd_megatron.runtime import _megatron_cpu
+    from sedd_megatron.runtime import _megatron_cpu  # lazy: imports megatron
 
     _megatron_cpu.patch_megatron()
     _STATE["enabled"] = True

@@ -5,16 +5,20 @@ engine over the plain twin or SEDDModel on TP/PP layers, and generation runs.
     texts = sample_texts("runs/quickstart/checkpoint", num=4, steps=64, seed=0)
     infilled = sample_texts(path, num=4, template="The capital of France is [MASK:3].")
 
-Lower level: ``load_score_model`` -> ``Sampler(model, SamplingOptions(...)).sample(...)``, or
-``generate(model, prompts, ...)`` for JSONL records (what ``tools/generate_sedd.py`` writes).
+Lower level: ``open_model`` (``sedd_megatron.checkpoint``; a ``ScoreModel``) ->
+``Sampler(model, SamplingOptions(...)).sample(...)``, or ``generate(model, prompts, ...)`` for
+JSONL records (what ``tools/generate_sedd.py`` writes). A pretrain_sedd.py checkpoint needs the
+caller's Megatron world (``sedd_megatron.runtime.world``); nothing here starts one.
 """
 
-from .backends import MegatronScoreModel, ModelInfo, PlainScoreModel
+from sedd_megatron.checkpoint.opener import open_model
+from sedd_megatron.errors import PromptError
+from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel, ScoreModel
+
 from .engine import Sampler, SamplingOptions
 from .generate import (
+    default_device,
     generate,
-    is_plain_dir,
-    load_score_model,
     make_records,
     run_samples,
     sample_texts,
@@ -23,7 +27,6 @@ from .generate import (
 from .prompts import (
     Condition,
     Prompt,
-    PromptError,
     conditions_for,
     encode_prompt,
     ids_encoder,
@@ -35,20 +38,20 @@ from .weights import Step, schedule, score_sum, tile_weights
 __all__ = [
     "Condition",
     "MegatronScoreModel",
-    "ModelInfo",
     "PlainScoreModel",
     "Prompt",
     "PromptError",
     "Sampler",
     "SamplingOptions",
+    "ScoreModel",
     "Step",
     "conditions_for",
+    "default_device",
     "encode_prompt",
     "generate",
     "ids_encoder",
-    "is_plain_dir",
-    "load_score_model",
     "make_records",
+    "open_model",
     "parse_template",
     "read_prompts",
     "run_samples",

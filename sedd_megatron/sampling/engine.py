@@ -1,6 +1,6 @@
 """The sampler engine: the reverse process over a score model, on one rank or TP/PP layers.
 
-Per draw (spec §6): clamp the prompt positions, compute the transition weights, draw the new
+Per draw (docs/math.md §5): clamp the prompt positions, compute the transition weights, draw the new
 tokens; the prompt is clamped again before the denoiser and on the output. Two modes:
 
 * default (float64, layout-independent): the exponential race argmax_y w_y / E_y with
@@ -119,10 +119,10 @@ class Sampler:
         return project(x)
 
     def _limit(self, sample_ids, length, device):
-        if self.graph.absorb:
-            return self.graph.sample_limit(len(sample_ids), length, device=device)
-        rows = [self.uniforms.randint(i, LIMIT_STEP, self.graph.dim, length) for i in sample_ids]
-        return torch.stack(rows).to(device)
+        def randint(row, high):
+            return self.uniforms.randint(sample_ids[row], LIMIT_STEP, high, length)
+
+        return self.graph.limit_draw(len(sample_ids), length, randint, device=device)
 
     def _draw_reference(self, step: Step, x, log_score, sample_ids):
         """The reference's float32 weights and draw (global RNG), full vocabulary."""
@@ -143,10 +143,7 @@ class Sampler:
         stop = min(model.vocab_end, num_columns(graph, step))  # columns this rank races over
         real = model.vocab_end - start  # real (unpadded) columns held here
         width = tile_width(graph.dim)
-        if graph.absorb:  # only masked tokens move; the others stay with probability 1
-            active = x == graph.dim - 1
-        else:
-            active = torch.ones_like(x, dtype=torch.bool)
+        active = graph.moving(x)  # absorb: only masked tokens move, the others stay
         budget = CHUNK_ELEMENTS.get(x.device.type, 1 << 20)
         chunks = self._row_chunks(active, max(1, budget // (length * width)))
 

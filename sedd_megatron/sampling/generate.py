@@ -8,54 +8,17 @@ or parallel layout. Data-parallel replicas take every dp_size-th batch.
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from .backends import MegatronScoreModel, PlainScoreModel
+from sedd_megatron.atomic import atomic_write_text
+from sedd_megatron.checkpoint.opener import open_model
+from sedd_megatron.datasets.tokenizers import build_tokenizer
+
 from .engine import Sampler, SamplingOptions
 from .prompts import Prompt, conditions_for, ids_encoder
-
-
-def is_plain_dir(source) -> bool:
-    """A published-layout directory: config.json + model.safetensors or pytorch_model.bin."""
-    path = Path(source)
-    weights = ("model.safetensors", "pytorch_model.bin")
-    return (path / "config.json").is_file() and any((path / w).is_file() for w in weights)
-
-
-def load_score_model(
-    source,
-    *,
-    backend: str = "auto",
-    iteration: int | None = None,
-    use_ema: bool | None = None,
-    seq_length: int | None = None,
-):
-    """A score model for ``Sampler``. backend: "plain" (the plain twin, one process), "megatron"
-    (SEDDModel on the current TP/PP layout through ``sedd_megatron.checkpoint.load_sedd_model``:
-    call ``init_distributed`` first) or "auto" (plain for a plain directory outside torchrun,
-    else megatron). ``use_ema``: None = EMA weights when the checkpoint has them, False = raw."""
-    if backend == "auto":
-        distributed = torch.distributed.is_initialized() or int(os.environ.get("WORLD_SIZE", 1)) > 1
-        backend = "plain" if is_plain_dir(source) and not distributed else "megatron"
-    if backend == "plain":
-        if not is_plain_dir(source):
-            raise FileNotFoundError(
-                f"{source}: not a plain model directory (config.json + weights)"
-            )
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return PlainScoreModel.from_pretrained(source, seq_length, device=device)
-    if backend != "megatron":
-        raise ValueError(f"unknown backend {backend!r} (expected auto, plain or megatron)")
-    from sedd_megatron.checkpoint import load_sedd_model
-
-    model, info = load_sedd_model(
-        source, iteration=iteration, use_ema=use_ema, seq_length=seq_length
-    )
-    return MegatronScoreModel(model, info, seq_length)
 
 
 def run_samples(
@@ -126,14 +89,7 @@ def write_jsonl(records, path=None) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, lines, permissions=0o600)  # owner-only: the mode they have always had
 
 
 def generate(
@@ -159,8 +115,13 @@ def generate(
     return make_records(results, prompts, tokenizer.decode if tokenizer else None, seed, settings)
 
 
+def default_device() -> str:
+    """Where the sampler puts a plain model: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def sample_texts(
-    model_source,
+    model,
     num: int = 4,
     *,
     template: str | None = None,
@@ -174,32 +135,24 @@ def sample_texts(
     tokenizer=None,
     backend: str = "auto",
 ) -> list[str]:
-    """``num`` texts from a pretrain_sedd.py checkpoint or a plain model directory, in this
-    process: unconditional, or conditioned on a prefix / suffix / infill ``template``
-    ("... [MASK:12] ..."). A Megatron checkpoint is loaded at TP = PP = 1 (a one-process
-    distributed world is set up and torn down here unless one exists). Tokenizer: GPT-2 BPE."""
-    from sedd_megatron.datasets.tokenizers import build_tokenizer
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
+    """``num`` texts from a score model, in this process: unconditional, or conditioned on a
+    prefix / suffix / infill ``template`` ("... [MASK:12] ..."). Tokenizer: GPT-2 BPE.
 
+    ``model``: an open :class:`~sedd_megatron.models.score_model.ScoreModel`, or a directory
+    opened with :func:`~sedd_megatron.checkpoint.open_model` (``backend``): a plain model
+    directory runs the plain twin here; a pretrain_sedd.py checkpoint needs the caller's
+    Megatron world (``with sedd_megatron.runtime.world(): ...``), which is never started here.
+    """
     tokenizer = tokenizer or build_tokenizer("gpt2")
-    own_world = False
-    if (backend == "megatron" or not is_plain_dir(model_source)) and backend != "plain":
-        if not torch.distributed.is_initialized():
-            init_distributed(tp=1, pp=1, seed=seed)
-            own_world = True
-        backend = "megatron"
-    try:
-        model = load_score_model(model_source, backend=backend, seq_length=seq_length)
-        records = generate(
-            model,
-            [Prompt(prefix=prefix, suffix=suffix, template=template)],
-            tokenizer=tokenizer,
-            num_samples=num,
-            batch_size=batch_size or num,
-            seed=seed,
-            options=SamplingOptions(predictor=predictor, steps=steps),
-        )
-    finally:
-        if own_world:
-            destroy_distributed()
+    if isinstance(model, (str, os.PathLike)):
+        model = open_model(model, backend, seq_length=seq_length, device=default_device())
+    records = generate(
+        model,
+        [Prompt(prefix=prefix, suffix=suffix, template=template)],
+        tokenizer=tokenizer,
+        num_samples=num,
+        batch_size=batch_size or num,
+        seed=seed,
+        options=SamplingOptions(predictor=predictor, steps=steps),
+    )
     return [r["text"] for r in records]

@@ -25,14 +25,12 @@ from pathlib import Path
 
 import torch
 
+from sedd_megatron.errors import PromptError
+
 PROMPT_KEYS = ("id", "prefix", "suffix", "template")
 _HOLE = re.compile(r"\[MASK:(\d+)\]")
 
 Encode = Callable[[str], list[int]]
-
-
-class PromptError(ValueError):
-    """An unusable prompt; the message names the problem."""
 
 
 @dataclass(frozen=True)

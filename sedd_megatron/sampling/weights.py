@@ -69,25 +69,19 @@ def schedule(
 
 
 def num_columns(graph: Graph, step: Step) -> int:
-    """Columns a draw chooses from: the vocabulary, less MASK for the absorb denoiser."""
-    return graph.dim - 1 if graph.absorb and step.kind == "denoise" else graph.dim
+    """Columns a draw chooses from: the vocabulary, less MASK for the absorb denoiser (which
+    draws data tokens only)."""
+    return graph.num_tokens if step.kind == "denoise" else graph.dim
 
 
 def score_sum(graph: Graph, log_score: torch.Tensor, start: int) -> torch.Tensor:
     """Partial S (absorb: MASK excluded) or T (uniform) over columns [start, start + C) of the
     float32 log-scores (R, C), all real vocabulary columns; float64 (R,)."""
     s = log_score.double().exp()
-    mask_col = graph.dim - 1 - start
-    if graph.absorb and 0 <= mask_col < s.shape[-1]:
+    mask_col = graph.excluded_column(start)
+    if mask_col is not None and 0 <= mask_col < s.shape[-1]:
         s[:, mask_col] = 0.0
     return s.sum(-1)
-
-
-def _at_column(w: torch.Tensor, x: torch.Tensor, start: int):
-    """(rows whose token x is in this slice, its local column) for scatter updates."""
-    local = x - start
-    inside = (local >= 0) & (local < w.shape[-1])
-    return inside.nonzero().squeeze(-1), local[inside]
 
 
 def tile_weights(
@@ -97,25 +91,6 @@ def tile_weights(
     float32 log-scores (R, C) and the full-vocabulary sums ``total`` (R,) of :func:`score_sum`."""
     s = log_score.double().exp()
     total = total.double()
-    if graph.absorb:
-        c = step.coef if step.kind == "euler" else torch.expm1(torch.tensor(step.exponent))
-        w = c * s
-        mask_col = graph.dim - 1 - start
-        if step.kind != "denoise" and 0 <= mask_col < w.shape[-1]:
-            w[:, mask_col] = 1 - c * total
-        stay = x != graph.dim - 1
-        w[stay] = 0.0
-        rows, cols = _at_column(w, torch.where(stay, x, -1), start)
-        w[rows, cols] = 1.0
-        return w
-    n = graph.dim
-    rows, cols = _at_column(s, x, start)
-    if step.kind == "euler":
-        w = (step.coef / n) * s
-        w[rows, cols] = 1 - (step.coef / n) * (total[rows] - 1)
-        return w
-    d = torch.tensor(step.exponent, dtype=torch.float64)
-    stag = d.exp() * s - (torch.expm1(d) / n) * total[:, None]
-    w = stag * (-torch.expm1(-d) / n)
-    w[rows, cols] = stag[rows, cols] * (-torch.expm1(-d) / n + torch.exp(-d))
-    return w
+    return graph.sampler_weights(
+        s, x, start, total, step.kind, coef=step.coef, exponent=step.exponent
+    )

@@ -1,6 +1,6 @@
 """Command-line arguments of pretrain_sedd.py: Megatron's flags, a SEDD group, YAML configs.
 
-Where the user sets nothing, defaults follow the reference SEDD training (SEDD_SPEC.md section 7):
+Where the user sets nothing, defaults follow the reference SEDD training (docs/math.md §4.3):
 AdamW (0.9, 0.999), eps 1e-8, weight decay 0, lr 3e-4 with 2500 warm-up steps then constant,
 gradient clipping 1.0, hidden dropout 0.1, no attention dropout, EMA 0.9999. Every default can be
 overridden by a YAML config (``--config FILE``) or on the command line; the command line wins.
@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from sedd_megatron.diffusion import GRAPHS, graph_class
+from sedd_megatron.errors import ConfigError
 
 # Megatron argument dest -> reference default. Applied as parser defaults, so any explicit flag
 # (command line or YAML) overrides them.
@@ -55,16 +58,12 @@ def accelerator_defaults() -> dict:
     )
 
 
-class ConfigError(ValueError):
-    """A bad --config file or a SEDD flag that contradicts the model."""
-
-
 def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Megatron ``extra_args_provider``: the SEDD argument group plus reference defaults."""
     group = parser.add_argument_group(title="SEDD (score entropy discrete diffusion)")
     group.add_argument(
         "--sedd-graph",
-        choices=("absorb", "uniform"),
+        choices=tuple(GRAPHS),
         default="absorb",
         help="forward process: absorbing (MASK token) or uniform",
     )
@@ -123,12 +122,13 @@ def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def validate_sedd_args(args) -> None:
     """Fill derived SEDD defaults and reject flags that contradict the SEDD architecture."""
+    graph = graph_class(args.sedd_graph)  # argparse's choices have checked the name
     if args.sedd_noise is None:
-        args.sedd_noise = "loglinear" if args.sedd_graph == "absorb" else "geometric"
+        args.sedd_noise = graph.default_noise
     if args.sedd_scale_by_sigma is None:
-        args.sedd_scale_by_sigma = args.sedd_graph == "absorb"
+        args.sedd_scale_by_sigma = graph.sigma_scaling
     problems = []
-    if args.sedd_scale_by_sigma and args.sedd_graph != "absorb":
+    if args.sedd_scale_by_sigma and not graph.sigma_scaling:
         problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")
     if not 0.0 <= args.ema_decay < 1.0:
         problems.append(f"--ema-decay must be in [0, 1), got {args.ema_decay}")

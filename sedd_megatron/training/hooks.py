@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from sedd_megatron.training.ema import find_ema
+from sedd_megatron.atomic import atomic_open
+from sedd_megatron.models.sedd.ema import find_ema
 from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl
 
 _INSTALLED = {"done": False}
@@ -79,31 +80,6 @@ def _wrap_optimizer_step(optimizer, model_chunks, args):
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 
 
-class _AtomicFile:
-    """A text file written under a temporary name and renamed into place on a clean close."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.tmp = f"{path}.tmp.{os.getpid()}"
-        self.file = open(self.tmp, "w", encoding="utf-8")
-
-    def write(self, text: str) -> int:
-        return self.file.write(text)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
-        return False
-
-
 class _AtomicTrackerStorage:
     """Megatron's ``maybe_msc`` storage shim, with atomic writes of the tracker file."""
 
@@ -116,7 +92,7 @@ class _AtomicTrackerStorage:
     def open(self, path, mode="r", *args, **kwargs):
         local = "://" not in str(path)
         if mode == "w" and local and os.path.basename(str(path)) == TRACKER_NAME:
-            return _AtomicFile(str(path))
+            return atomic_open(str(path), fsync=True)  # Megatron writes it in a with block
         return self._inner.open(path, mode, *args, **kwargs)
 
 

@@ -10,6 +10,9 @@ import os
 import sys
 import time
 
+from sedd_megatron.atomic import atomic_open
+from sedd_megatron.errors import ConfigError
+
 _START = time.time()
 
 
@@ -20,8 +23,6 @@ def _fail(message: str) -> None:
 
 def check_data_paths(args) -> None:
     """Every data prefix must have its .bin and .idx (a clear error instead of a deep trace)."""
-    from sedd_megatron.training.arguments import ConfigError
-
     if getattr(args, "mock_data", False):
         return
     prefixes = []
@@ -49,7 +50,7 @@ def _is_number(value: str) -> bool:
 
 def summarize(args) -> dict:
     """Where the checkpoint is, tokens/s, final training and validation loss (nats/token)."""
-    from sedd_megatron.training.hooks import HISTORY
+    from sedd_megatron.training.hooks import HISTORY  # lazy: imports megatron
 
     train = HISTORY["train"]
     summary = {"checkpoint": args.save, "iterations": args.curr_iteration + 1 if train else 0}
@@ -72,12 +73,18 @@ def summarize(args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from sedd_megatron.runtime.distributed import single_process_env
+    from sedd_megatron.runtime.distributed import single_process_env  # lazy: torch after _START
 
     single_process_env()
 
-    from sedd_megatron.runtime import apply_upstream_fixes, enable_cpu_megatron
-    from sedd_megatron.runtime.upstream_fixes import DatasetHelpersError, load_dataset_helpers
+    from sedd_megatron.runtime import (  # lazy: torch after _START
+        apply_upstream_fixes,
+        enable_cpu_megatron,
+    )
+    from sedd_megatron.runtime.upstream_fixes import (  # lazy: torch after _START
+        DatasetHelpersError,
+        load_dataset_helpers,
+    )
 
     if enable_cpu_megatron():
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -91,10 +98,15 @@ def main(argv: list[str] | None = None) -> None:
     from megatron.training import pretrain, set_startup_timestamps
     from megatron.training.argument_utils import pretrain_cfg_container_from_args
 
-    from sedd_megatron.datasets.sedd_dataset import train_valid_test_datasets_provider
-    from sedd_megatron.training.arguments import ConfigError, parse_args
-    from sedd_megatron.training.hooks import install_training_hooks
-    from sedd_megatron.training.step import make_forward_step, model_provider
+    from sedd_megatron.datasets.sedd_dataset import (  # lazy: megatron, after the CPU shim
+        train_valid_test_datasets_provider,
+    )
+    from sedd_megatron.training.arguments import parse_args  # lazy: torch after _START
+    from sedd_megatron.training.hooks import install_training_hooks  # lazy: imports megatron
+    from sedd_megatron.training.step import (  # lazy: megatron, after the CPU shim
+        make_forward_step,
+        model_provider,
+    )
 
     set_startup_timestamps(program_start=_START, main_entry=time.time())
     try:
@@ -115,9 +127,5 @@ def main(argv: list[str] | None = None) -> None:
         print("SEDD training summary: " + json.dumps(summary), flush=True)
         if args.save:
             os.makedirs(args.save, exist_ok=True)
-            with open(os.path.join(args.save, "sedd_summary.json.tmp"), "w") as f:
+            with atomic_open(os.path.join(args.save, "sedd_summary.json")) as f:
                 json.dump(summary, f, indent=2)
-            os.replace(
-                os.path.join(args.save, "sedd_summary.json.tmp"),
-                os.path.join(args.save, "sedd_summary.json"),
-            )

@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from sedd_megatron.datasets.sedd_dataset import get_batch_tokens
 from sedd_megatron.diffusion import get_graph, get_noise, sample_t
 from sedd_megatron.models.sedd import (
     SEDDModel,
@@ -26,7 +27,7 @@ from sedd_megatron.models.sedd import (
     padded_vocab_size,
 )
 from sedd_megatron.models.sedd.context_parallel import split_for_context_parallel
-from sedd_megatron.training.ema import attach_ema
+from sedd_megatron.models.sedd.ema import attach_ema
 from sedd_megatron.training.metrics import STEP_METRICS
 
 
@@ -99,8 +100,6 @@ def _device():
 def make_forward_step(args):
     """The ``forward_step_func`` for ``pretrain``."""
     from megatron.core import parallel_state as ps
-
-    from sedd_megatron.datasets.sedd_dataset import get_batch_tokens
 
     graph = get_graph(args.sedd_graph, num_data_tokens())
     noise = get_noise(args.sedd_noise, sigma_min=args.sedd_sigma_min, sigma_max=args.sedd_sigma_max)

@@ -8,13 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sedd_megatron.checkpoint import (
-    CheckpointError,
-    export_checkpoint,
-    find_iteration,
-    import_checkpoint,
-)
-from sedd_megatron.plain import ConfigError
+from sedd_megatron.checkpoint import export_checkpoint, find_iteration, import_checkpoint
+from sedd_megatron.errors import CheckpointError, ConfigError
 from tests.checkpoint.conftest import convert
 from tests.conftest import CONFORMANCE_DIR
 

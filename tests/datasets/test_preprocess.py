@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from sedd_megatron.datasets.errors import DataError
 from sedd_megatron.datasets.preprocess import preprocess
 from sedd_megatron.datasets.tokenizers import TextTokenizer
+from sedd_megatron.errors import DataError
 from tools.preprocess_data import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from sedd_megatron.datasets.errors import DataError
 from sedd_megatron.datasets.tokenizers import (
     build_tokenizer,
     default_gpt2_files,
     megatron_tokenizer_flags,
     write_hf_gpt2_dir,
 )
+from sedd_megatron.errors import DataError
 from tests.datasets.conftest import needs
 
 KNOWN = {

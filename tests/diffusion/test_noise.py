@@ -1,4 +1,4 @@
-"""Noise schedules against the spec table (§4) and the conformance vectors."""
+"""Noise schedules against a table of their values (docs/math.md §2) and the conformance vectors."""
 
 import math
 
@@ -10,7 +10,8 @@ from sedd_megatron.diffusion import GeometricNoise, LogLinearNoise, get_noise
 from .conformance_utils import CASES, graph_and_noise, load_expected
 
 T = [1e-5, 1e-3, 0.1, 0.5, 0.9, 1.0]
-# SEDD_SPEC.md §4, printed values (tolerance: half a unit of the last printed digit)
+# Values of the reference's schedule classes in float32, as printed (docs/math.md §2 tabulates
+# the same schedules); tolerance: half a unit of the last printed digit
 TABLE = {
     ("loglinear", 0): ["1.0e-5", "9.99e-4", "0.105249", "0.692148", "2.293625", "6.907768"],
     ("loglinear", 1): ["0.99901", "0.999999", "1.109877", "1.996004", "9.900893", "999.012878"],

@@ -45,7 +45,7 @@ class ContextFreeScorer:
         self.num_tokens, self.seq_length, self.c = num_tokens, length, c
         self.logp = torch.log_softmax(torch.randn(num_tokens, generator=g, dtype=torch.float64), 0)
 
-    def __call__(self, x_t, sigma, x0):
+    def score_entropy(self, x_t, sigma, x0):
         sigma = sigma.double()[:, None]
         r_log = -torch.log(torch.expm1(sigma))
         log_score = (r_log + self.c * sigma)[..., None] + self.logp

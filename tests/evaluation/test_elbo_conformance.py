@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sedd_megatron.evaluation import evaluate_draws, evaluate_elbo, plain_scorer
+from sedd_megatron.checkpoint import open_model
+from sedd_megatron.evaluation import evaluate_draws, evaluate_elbo
 
 MODELS = ("tiny_absorb", "tiny_uniform")
 
@@ -30,7 +31,7 @@ def float64_losses(scorer, x0, t, x_t):
 @pytest.mark.parametrize("model", MODELS)
 def test_per_draw_losses_equal_reference(conformance_dir, model):
     expected, tokens = recorded(conformance_dir, model)
-    scorer = plain_scorer(conformance_dir / model)
+    scorer = open_model(conformance_dir / model, "plain")
     draws, batch = expected["elbo_t"].shape
     t = expected["elbo_t"].reshape(-1)
     x_t = expected["elbo_perturbed"].reshape(draws * batch, -1)
@@ -55,7 +56,7 @@ def test_per_draw_losses_equal_reference(conformance_dir, model):
 def test_designs_agree(conformance_dir, model):
     """Stratified and importance designs estimate the same ELBO (within their joint CI)."""
     _, tokens = recorded(conformance_dir, model)
-    scorer = plain_scorer(conformance_dir / model)
+    scorer = open_model(conformance_dir / model, "plain")
     a = evaluate_elbo(
         scorer,
         tokens,
@@ -84,7 +85,7 @@ def test_designs_agree(conformance_dir, model):
 
 def test_deterministic_and_batch_independent(conformance_dir):
     _, tokens = recorded(conformance_dir, "tiny_absorb")
-    scorer = plain_scorer(conformance_dir / "tiny_absorb")
+    scorer = open_model(conformance_dir / "tiny_absorb", "plain")
     runs = [
         evaluate_elbo(
             scorer,

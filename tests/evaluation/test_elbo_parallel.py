@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from sedd_megatron.evaluation import evaluate_elbo, plain_scorer
+from sedd_megatron.checkpoint import open_model
+from sedd_megatron.evaluation import evaluate_elbo
 from tests.launch import parse_result, run_torchrun
 
 from .workers.elbo_parallel import DESIGNS
@@ -18,7 +19,7 @@ LAYOUTS = ("tp2", "pp2", "dp2")
 
 @pytest.fixture(scope="module")
 def plain_reference(conformance_dir):
-    scorer = plain_scorer(conformance_dir / "tiny_absorb")
+    scorer = open_model(conformance_dir / "tiny_absorb", "plain")
     tokens = load_file(str(conformance_dir / "tokens.safetensors"))["tokens"]
     out = {}
     for design, samples, replicates in DESIGNS:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sedd_megatron.plain import SEDD, CheckpointError, ConfigError, reference_keys
+from sedd_megatron.errors import CheckpointError, ConfigError
+from sedd_megatron.plain import SEDD, reference_keys
 from sedd_megatron.plain import checkpoint as checkpoint_module
 
 

@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from sedd_megatron.plain import ConfigError, SEDDConfig
+from sedd_megatron.errors import ConfigError
+from sedd_megatron.plain import SEDDConfig
 
-# The layout of louaaron/sedd-small's config.json (SEDD_SPEC.md §2), abridged sub-sections.
+# The layout of louaaron/sedd-small's config.json (docs/architecture.md §5), abridged sub-sections.
 PUBLISHED_SMALL = {
     "ngpus": 8,
     "tokens": 50257,

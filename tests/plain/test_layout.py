@@ -3,8 +3,8 @@ import torch
 from sedd_megatron.plain import SEDD, SEDDConfig, expected_shapes, reference_keys
 from sedd_megatron.plain.layout import rotary_inv_freq
 
-# SEDD_SPEC.md §2: the reference state dict of the tiny config (H=64, C=32, 4 heads, 2 blocks,
-# GPT-2 vocabulary, absorb), copied from the spec.
+# The reference state dict of the tiny config (H=64, C=32, 4 heads, 2 blocks, GPT-2 vocabulary,
+# absorb), written out by hand (the general layout: docs/architecture.md §5).
 SPEC_TINY_TABLE = """
 vocab_embed.embedding                 (50258, 64)
 sigma_map.mlp.0.weight                (32, 256)

@@ -5,11 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sedd_megatron.training.arguments import (
-    ConfigError,
-    expand_config_argv,
-    validate_sedd_args,
-)
+from sedd_megatron.errors import ConfigError
+from sedd_megatron.training.arguments import expand_config_argv, validate_sedd_args
 
 
 def test_yaml_flags_come_first_so_the_command_line_wins(tmp_path):

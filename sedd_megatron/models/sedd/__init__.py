@@ -1,4 +1,4 @@
-"""The SEDD model type on Megatron-Core: config, layer spec, model, state-dict adapter."""
+"""The SEDD model type on Megatron-Core: config, layer spec, model, state-dict adapter, EMA."""
 
 from sedd_megatron.models.sedd.sedd_config import SEDDTransformerConfig
 from sedd_megatron.models.sedd.sedd_layer_specs import get_sedd_layer_spec

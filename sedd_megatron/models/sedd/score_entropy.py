@@ -238,7 +238,7 @@ def fused_score_entropy_stats(
     if shift is not None:
         shift = (shift[:, None] if by_batch else shift[None, :]).expand(mem.shape[:2])
         shift = shift.reshape(-1)
-    mask_local = graph.mask_id - vocab_offset if graph.absorb else None
+    mask_local = graph.excluded_column(vocab_offset)  # MASK (absorb), None (uniform)
     triton_ok = triton_supports(logits, x_t, x0, shift)
     if use_triton and not triton_ok:
         raise RuntimeError(
@@ -246,32 +246,16 @@ def fused_score_entropy_stats(
             f"{logits.device} (needs float32/bf16/fp16, triton, and CUDA tensors, or CPU tensors "
             "under Triton's interpreter with SEDD_TRITON_ON_CPU=1)"
         )
+    inputs = (mem, shift, rows(x_t) - vocab_offset, rows(x0) - vocab_offset, num_valid, mask_local)
     if triton_ok and use_triton is not False:
         out = score_entropy_stats_triton(
-            mem,
-            shift,
-            rows(x_t) - vocab_offset,
-            rows(x0) - vocab_offset,
-            num_valid,
-            mask_local,
-            inplace=inplace,
-            inplace_backward=inplace_backward,
+            *inputs, inplace=inplace, inplace_backward=inplace_backward
         )
     else:
         if chunk_bytes is None:
             chunk_bytes = _CPU_CHUNK_BYTES if logits.device.type == "cpu" else 1 << 62
         chunk_rows = max(1, chunk_bytes // (4 * max(vocab, 1)))
-        out = _FusedScoreEntropyStats.apply(
-            mem,
-            shift,
-            rows(x_t) - vocab_offset,
-            rows(x0) - vocab_offset,
-            num_valid,
-            mask_local,
-            inplace,
-            inplace_backward,
-            chunk_rows,
-        )
+        out = _FusedScoreEntropyStats.apply(*inputs, inplace, inplace_backward, chunk_rows)
 
     def back(t: torch.Tensor) -> torch.Tensor:  # [R] -> [b, s], contiguous (for all-reduce)
         return t.view(b, s) if by_batch else t.view(s, b).t().contiguous()

@@ -1,6 +1,6 @@
 """Configuration of the SEDD model type: Megatron's TransformerConfig plus the SEDD fields.
 
-Defaults follow the reference implementation (SEDD_SPEC.md section 1): pre-norm LayerNorm
+Defaults follow the reference implementation (docs/math.md §8): pre-norm LayerNorm
 without bias (eps 1e-5, fp32), no bias on qkv and attention output, biased 4H MLP with
 tanh-GELU, rotary on the full head dim, bidirectional attention without dropout, hidden dropout
 0.1 before the adaLN gate.
@@ -12,7 +12,10 @@ from functools import partial
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-GRAPHS = ("absorb", "uniform")
+from sedd_megatron.diffusion import GRAPHS as GRAPH_CLASSES
+from sedd_megatron.diffusion import get_graph
+
+GRAPHS = tuple(GRAPH_CLASSES)  # the registered graph names
 
 gelu_tanh = partial(F.gelu, approximate="tanh")
 
@@ -74,7 +77,7 @@ class SEDDTransformerConfig(TransformerConfig):
                 "SEDDTransformerConfig.frequency_embedding_size must be a positive even number, "
                 f"got {self.frequency_embedding_size}"
             )
-        if self.scale_by_sigma and self.graph != "absorb":
+        if self.scale_by_sigma and not GRAPH_CLASSES[self.graph].sigma_scaling:
             raise ValueError(
                 "SEDDTransformerConfig.scale_by_sigma is only defined for the absorb graph"
             )
@@ -94,9 +97,9 @@ class SEDDTransformerConfig(TransformerConfig):
 
     @property
     def vocab_rows(self) -> int:
-        """Rows of the embedding and output layer before padding: V' in the spec."""
-        return self.num_tokens + 1 if self.graph == "absorb" else self.num_tokens
+        """Rows of the embedding and output layer before padding: V' in docs/math.md §1."""
+        return get_graph(self.graph, self.num_tokens).dim
 
     @property
     def mask_id(self) -> int | None:
-        return self.num_tokens if self.graph == "absorb" else None
+        return get_graph(self.graph, self.num_tokens).mask_id

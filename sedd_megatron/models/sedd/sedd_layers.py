@@ -1,7 +1,7 @@
 """Building blocks of the SEDD transformer on Megatron-Core.
 
 Each module computes exactly what its counterpart in the reference SEDD computes
-(SEDD_SPEC.md section 1); tensor layout is Megatron's [sequence, batch, hidden].
+(docs/math.md §8); tensor layout is Megatron's [sequence, batch, hidden].
 
 The element-wise work of a block runs in fused kernels (``sedd_megatron.kernels``: LayerNorm +
 adaLN modulation, bias + tanh-GELU, gate * dropout(branch + bias) + residual, forward and

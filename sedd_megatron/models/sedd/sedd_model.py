@@ -2,7 +2,7 @@
 
 forward(x_t, sigma) -> log concrete score log s_theta(x_t, sigma), vocab-sharded over TP;
 forward(x_t, sigma, x0=x0) -> per-token score entropy, computed from the shards without
-gathering the vocabulary. Architecture: SEDD_SPEC.md section 1; no position embedding (rotary in
+gathering the vocabulary. Architecture: docs/math.md §8; no position embedding (rotary in
 attention), the noise-level conditioning computed on every pipeline stage from sigma.
 """
 

@@ -1,6 +1,6 @@
 """One place that maps between SEDDModel's (sharded) parameters and the reference SEDD layout.
 
-The reference layout is the published ``louaaron/sedd-*`` state dict (SEDD_SPEC.md section 2),
+The reference layout is the published ``louaaron/sedd-*`` state dict (docs/architecture.md §5),
 as produced by ``sedd_megatron.plain``. Differences the adapter owns:
 
 - names: ``blocks.i.attn_qkv`` <-> ``decoder.layers.i.self_attention.linear_qkv`` and so on;
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sedd_megatron.errors import CheckpointError
 from sedd_megatron.plain import layout
-from sedd_megatron.plain.layout import CheckpointError
 
 # reference block key suffix -> (Megatron layer key suffix, how it is sharded over TP)
 _BLOCK = {

@@ -24,15 +24,19 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from sedd_megatron.checkpoint import (
-        CheckpointError,
-        export_checkpoint,
-        import_checkpoint,
-        load_sedd_model,
-    )
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
+    from sedd_megatron import runtime
 
-    init_distributed(tp=args.tp, pp=args.pp)
+    with runtime.world(tp=args.tp, pp=args.pp):
+        result = run(args)
+        if torch.distributed.get_rank() == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+
+
+def run(args) -> dict:
+    """Every rank: the conversions in the running TP x PP world; the values to report."""
+    from sedd_megatron.checkpoint import export_checkpoint, import_checkpoint, load_sedd_model
+    from sedd_megatron.errors import CheckpointError
+
     result = {}
     for name in ("tiny_absorb", "tiny_uniform"):
         megatron, plain = args.out_root / f"{name}_megatron", args.out_root / f"{name}_plain"
@@ -58,10 +62,7 @@ def main():
         result["no_ema_error"] = str(err)
     _, info = load_sedd_model(no_ema)
     result["no_ema_default_loads_ema"] = info.ema
-
-    if torch.distributed.get_rank() == 0:
-        print("RESULT " + json.dumps(result), flush=True)
-    destroy_distributed()
+    return result
 
 
 if __name__ == "__main__":

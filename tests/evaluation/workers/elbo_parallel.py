@@ -26,7 +26,8 @@ def main():
     from megatron.core import parallel_state
     from safetensors.torch import load_file
 
-    from sedd_megatron.evaluation import evaluate_elbo, megatron_scorer
+    from sedd_megatron.checkpoint import open_model
+    from sedd_megatron.evaluation import evaluate_elbo
     from sedd_megatron.runtime import destroy_distributed, init_distributed
 
     tokens = load_file(args.tokens)["tokens"]
@@ -35,7 +36,7 @@ def main():
         size = int(layout[2:])
         tp, pp = {"tp": (size, 1), "pp": (1, size), "dp": (1, 1)}[layout[:2]]
         init_distributed(tp=tp, pp=pp, seed=1234)
-        scorer = megatron_scorer(args.model_dir)
+        scorer = open_model(args.model_dir, "megatron")
         out[layout] = {"dp": scorer.dp_size}
         for design, samples, replicates in DESIGNS:
             result = evaluate_elbo(

@@ -29,21 +29,20 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
-    from sedd_megatron.sampling import load_score_model
+    from sedd_megatron import runtime
+    from sedd_megatron.checkpoint import open_model
 
-    init_distributed(tp=args.tp, pp=args.pp, seed=1234)
-    result = {}
-    for name in ("tiny_absorb", "tiny_uniform"):
-        model = load_score_model(Path(args.conformance_dir) / name, backend="megatron")
-        for predictor in SAMPLE_CASES:
-            x = sample_case(model, predictor)
-            result[f"{name}/{predictor}"] = x.tolist()
-        if args.conformance:
-            result.update(conformance_report(model, Path(args.conformance_dir), name))
-    if torch.distributed.get_rank() == 0:
-        print("RESULT " + json.dumps(result), flush=True)
-    destroy_distributed()
+    with runtime.world(tp=args.tp, pp=args.pp, seed=1234):
+        result = {}
+        for name in ("tiny_absorb", "tiny_uniform"):
+            model = open_model(Path(args.conformance_dir) / name, backend="megatron")
+            for predictor in SAMPLE_CASES:
+                x = sample_case(model, predictor)
+                result[f"{name}/{predictor}"] = x.tolist()
+            if args.conformance:
+                result.update(conformance_report(model, Path(args.conformance_dir), name))
+        if torch.distributed.get_rank() == 0:
+            print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import torch
 
-from sedd_megatron.training.ema import attach_ema, find_ema
+from sedd_megatron.models.sedd.ema import attach_ema, find_ema
 
 
 def test_update_follows_the_reference_rule():

@@ -1,6 +1,6 @@
 """Exponential moving average of the weights, saved in Megatron checkpoints with their sharding.
 
-As in the reference (SEDD_SPEC.md section 1.10): after every optimizer step k (1-based),
+As in the reference (docs/math.md §4.4): after every optimizer step k (1-based),
 shadow <- shadow - (1 - d_k) (shadow - param) with d_k = min(decay, (1 + k) / (10 + k)), over the
 trainable parameters. The shadow lives in float32 buffers of an ``EMAWeights`` child module named
 ``ema``, so plain ``state_dict``/``load_state_dict`` carry it; for ``torch_dist`` checkpoints each
