@@ -38,7 +38,7 @@ import time
 import torch
 
 from sedd_megatron.diffusion import GRAPHS, get_graph, get_noise, graph_class, sample_t
-from sedd_megatron.runtime import destroy_distributed, init_distributed
+from sedd_megatron.runtime import world
 
 NO_CUDA_MESSAGE = (
     "bench_gpu_training: CUDA is not available; this benchmark needs one GPU. Skipped."
@@ -222,61 +222,76 @@ def main(argv=None):
     elif not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE)
         return 0
-    init_distributed(tp=1, pp=1, seed=args.seed)
-    device = torch.device("cpu") if args.cpu else torch.device("cuda", torch.cuda.current_device())
-    dtype = torch.float32 if args.cpu else torch.bfloat16
-    from megatron.core.extensions.transformer_engine import HAVE_TE
+    with world(tp=1, pp=1, seed=args.seed):
+        device = (
+            torch.device("cpu") if args.cpu else torch.device("cuda", torch.cuda.current_device())
+        )
+        dtype = torch.float32 if args.cpu else torch.bfloat16
+        from megatron.core.extensions.transformer_engine import HAVE_TE
 
-    use_te = HAVE_TE and not args.local_spec and not args.cpu
-    ddp, optimizer = build(args, dtype, use_te)
-    train_step = make_train_step(args, ddp, optimizer, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        use_te = HAVE_TE and not args.local_spec and not args.cpu
+        ddp, optimizer = build(args, dtype, use_te)
+        train_step = make_train_step(args, ddp, optimizer, device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    for _ in range(args.warmup):
-        train_step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss, grad_norm, success = train_step()
-    sync()
-    elapsed = time.perf_counter() - start
+        for _ in range(args.warmup):
+            train_step()
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss, grad_norm, success = train_step()
+        sync()
+        elapsed = time.perf_counter() - start
 
-    tokens = args.steps * args.grad_accum * args.micro_batch * args.seq_len
-    tokens_per_s = tokens / elapsed
-    flops = flops_per_token(args)
-    mfu = tokens_per_s * flops / (args.peak_tflops * 1e12)
-    params = sum(p.numel() for p in ddp.module.parameters())
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (code-path check)"
-    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    spec = "TE" if use_te else "local"
-    fused = "fused kernels" if args.fused_kernels else "unfused"
-    print(
-        f"\nbench_gpu_training: {name}, {spec} spec, {fused}, {dtype}, params {params / 1e6:.1f}M, "
-        f"H={args.hidden} L={args.layers} heads={args.heads} S={args.seq_len} "
-        f"micro-batch={args.micro_batch} x {args.grad_accum} graph={args.graph}"
-    )
-    header = ("steps", "s/step", "tokens/s", "GFLOP/token", "TFLOP/s", "MFU", "loss", "grad norm")
-    print("{:>6} {:>8} {:>10} {:>12} {:>8} {:>7} {:>10} {:>10} {:>8}".format(*header, "peak GB"))
-    row = [
-        f"{args.steps:>6}",
-        f"{elapsed / args.steps:>8.3f}",
-        f"{tokens_per_s:>10.0f}",
-        f"{flops / 1e9:>12.3f}",
-        f"{tokens_per_s * flops / 1e12:>8.1f}",
-        f"{mfu:>7.1%}",
-        f"{loss.item():>10.4f}",
-        f"{float(grad_norm):>10.4f}",
-        f"{peak_gb:>8.1f}",
-    ]
-    print(" ".join(row))
-    print(f"MFU against --peak-tflops {args.peak_tflops:g}; all steps succeeded: {bool(success)}")
-    script = os.path.relpath(os.path.abspath(__file__))
-    print("command: " + shlex.join(["python", script, *sys.argv[1:]]))
-    if args.profile:
-        profile(train_step, sync, device)
-    destroy_distributed()
+        tokens = args.steps * args.grad_accum * args.micro_batch * args.seq_len
+        tokens_per_s = tokens / elapsed
+        flops = flops_per_token(args)
+        mfu = tokens_per_s * flops / (args.peak_tflops * 1e12)
+        params = sum(p.numel() for p in ddp.module.parameters())
+        name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (code-path check)"
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+        spec = "TE" if use_te else "local"
+        fused = "fused kernels" if args.fused_kernels else "unfused"
+        print(
+            f"\nbench_gpu_training: {name}, {spec} spec, {fused}, {dtype}, "
+            f"params {params / 1e6:.1f}M, "
+            f"H={args.hidden} L={args.layers} heads={args.heads} S={args.seq_len} "
+            f"micro-batch={args.micro_batch} x {args.grad_accum} graph={args.graph}"
+        )
+        header = (
+            "steps",
+            "s/step",
+            "tokens/s",
+            "GFLOP/token",
+            "TFLOP/s",
+            "MFU",
+            "loss",
+            "grad norm",
+        )
+        print(
+            "{:>6} {:>8} {:>10} {:>12} {:>8} {:>7} {:>10} {:>10} {:>8}".format(*header, "peak GB")
+        )
+        row = [
+            f"{args.steps:>6}",
+            f"{elapsed / args.steps:>8.3f}",
+            f"{tokens_per_s:>10.0f}",
+            f"{flops / 1e9:>12.3f}",
+            f"{tokens_per_s * flops / 1e12:>8.1f}",
+            f"{mfu:>7.1%}",
+            f"{loss.item():>10.4f}",
+            f"{float(grad_norm):>10.4f}",
+            f"{peak_gb:>8.1f}",
+        ]
+        print(" ".join(row))
+        print(
+            f"MFU against --peak-tflops {args.peak_tflops:g}; all steps succeeded: {bool(success)}"
+        )
+        script = os.path.relpath(os.path.abspath(__file__))
+        print("command: " + shlex.join(["python", script, *sys.argv[1:]]))
+        if args.profile:
+            profile(train_step, sync, device)
     return 0
 
 

@@ -54,7 +54,7 @@ from sedd_megatron.diffusion import (  # noqa: E402
     sample_t,
 )
 from sedd_megatron.plain import SEDD, SEDDConfig  # noqa: E402
-from sedd_megatron.runtime import destroy_distributed, init_distributed  # noqa: E402
+from sedd_megatron.runtime import world  # noqa: E402
 
 CONFIGS = {
     # name: hidden, layers, heads, seq_len, batch
@@ -283,51 +283,52 @@ def profile(steps, rows: int) -> None:
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    init_distributed(tp=1, pp=1, seed=args.seed)
-    steps = make_steps(args)
-    names = list(steps)
-    wall, cpu, losses = {n: [] for n in names}, {n: [] for n in names}, {}
-    for _ in range(args.warmup):
-        for name in names:
-            timed_step(*steps[name])
-    for rep in range(args.reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            elapsed, used, losses[name] = timed_step(*steps[name])
-            wall[name].append(elapsed * 1e3)
-            cpu[name].append(used * 1e3)
+    with world(tp=1, pp=1, seed=args.seed):
+        steps = make_steps(args)
+        names = list(steps)
+        wall, cpu, losses = {n: [] for n in names}, {n: [] for n in names}, {}
+        for _ in range(args.warmup):
+            for name in names:
+                timed_step(*steps[name])
+        for rep in range(args.reps):
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            for name in order:
+                elapsed, used, losses[name] = timed_step(*steps[name])
+                wall[name].append(elapsed * 1e3)
+                cpu[name].append(used * 1e3)
 
-    size = args.size
-    tokens = size["batch"] * size["seq_len"]
-    print(
-        f"\nbench_model_step: config={args.config} {size} vocab={args.vocab} graph={args.graph} "
-        f"cond_dim={args.cond_dim} dropout={args.dropout} fp32 CPU threads="
-        f"{torch.get_num_threads()} warmup={args.warmup} reps={args.reps}"
-    )
-    header = ("variant", "params", "wall med ms", "wall min ms", "cpu med ms", "tok/s", "loss")
-    print("{:<9} {:>11} {:>12} {:>12} {:>11} {:>8} {:>11}".format(*header))
-    med_wall = {n: statistics.median(wall[n]) for n in names}
-    med_cpu = {n: statistics.median(cpu[n]) for n in names}
-    for n in names:
+        size = args.size
+        tokens = size["batch"] * size["seq_len"]
         print(
-            f"{n:<9} {count_params(steps[n][0]):>11,} {med_wall[n]:>12.1f} {min(wall[n]):>12.1f} "
-            f"{med_cpu[n]:>11.1f} {tokens / med_wall[n] * 1e3:>8.0f} {losses[n]:>11.4f}"
+            f"\nbench_model_step: config={args.config} {size} vocab={args.vocab} "
+            f"graph={args.graph} "
+            f"cond_dim={args.cond_dim} dropout={args.dropout} fp32 CPU threads="
+            f"{torch.get_num_threads()} warmup={args.warmup} reps={args.reps}"
         )
-    for base in ("gpt", "gpt-sdpa", "sedd-ce", "plain"):
-        if "sedd" in names and base in names:
+        header = ("variant", "params", "wall med ms", "wall min ms", "cpu med ms", "tok/s", "loss")
+        print("{:<9} {:>11} {:>12} {:>12} {:>11} {:>8} {:>11}".format(*header))
+        med_wall = {n: statistics.median(wall[n]) for n in names}
+        med_cpu = {n: statistics.median(cpu[n]) for n in names}
+        for n in names:
             print(
-                f"ratio SEDD/{base}: wall median {med_wall['sedd'] / med_wall[base]:.3f}  "
-                f"wall min {min(wall['sedd']) / min(wall[base]):.3f}  "
-                f"cpu median {med_cpu['sedd'] / med_cpu[base]:.3f}"
+                f"{n:<9} {count_params(steps[n][0]):>11,} {med_wall[n]:>12.1f} "
+                f"{min(wall[n]):>12.1f} "
+                f"{med_cpu[n]:>11.1f} {tokens / med_wall[n] * 1e3:>8.0f} {losses[n]:>11.4f}"
             )
-    if "sedd" in names and "gpt" in names:
-        ratio = med_cpu["sedd"] / med_cpu["gpt"]
-        print(f"target SEDD/gpt <= 1.05 (cpu median): {'OK' if ratio <= 1.05 else 'ABOVE'}")
-    script = os.path.relpath(__file__)
-    print("command: " + shlex.join([os.path.basename(sys.executable), script, *sys.argv[1:]]))
-    if args.profile:
-        profile(steps, args.profile_rows)
-    destroy_distributed()
+        for base in ("gpt", "gpt-sdpa", "sedd-ce", "plain"):
+            if "sedd" in names and base in names:
+                print(
+                    f"ratio SEDD/{base}: wall median {med_wall['sedd'] / med_wall[base]:.3f}  "
+                    f"wall min {min(wall['sedd']) / min(wall[base]):.3f}  "
+                    f"cpu median {med_cpu['sedd'] / med_cpu[base]:.3f}"
+                )
+        if "sedd" in names and "gpt" in names:
+            ratio = med_cpu["sedd"] / med_cpu["gpt"]
+            print(f"target SEDD/gpt <= 1.05 (cpu median): {'OK' if ratio <= 1.05 else 'ABOVE'}")
+        script = os.path.relpath(__file__)
+        print("command: " + shlex.join([os.path.basename(sys.executable), script, *sys.argv[1:]]))
+        if args.profile:
+            profile(steps, args.profile_rows)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from sedd_megatron.checkpoint import load_sedd_model  # noqa: E402
 from sedd_megatron.plain import SEDD, SEDDConfig  # noqa: E402
-from sedd_megatron.runtime import destroy_distributed, init_distributed  # noqa: E402
+from sedd_megatron.runtime import world  # noqa: E402
 from sedd_megatron.sampling import (  # noqa: E402
     MegatronScoreModel,
     PlainScoreModel,
@@ -104,23 +104,22 @@ def measure(model, batch: int, args, fp32: bool) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    init_distributed(tp=1, pp=1, seed=0)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.configs:
-            path = write_model(os.path.join(tmp, name), CONFIGS[name])
-            models = {
-                "megatron": MegatronScoreModel(*load_sedd_model(path)),
-                "plain": PlainScoreModel.from_pretrained(path),
-            }
-            models["plain-fp32"] = models["plain"]
-            for batch in args.batches:
-                for variant in VARIANTS:
-                    result = measure(models[variant], batch, args, variant == "plain-fp32")
-                    rows.append((name, batch, variant, result))
-                    done = f"  {name} batch {batch} {variant}: {result['steps/s']:.2f} steps/s"
-                    print(done, file=sys.stderr, flush=True)
-    destroy_distributed()
+    with world(tp=1, pp=1, seed=0):
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.configs:
+                path = write_model(os.path.join(tmp, name), CONFIGS[name])
+                models = {
+                    "megatron": MegatronScoreModel(*load_sedd_model(path)),
+                    "plain": PlainScoreModel.from_pretrained(path),
+                }
+                models["plain-fp32"] = models["plain"]
+                for batch in args.batches:
+                    for variant in VARIANTS:
+                        result = measure(models[variant], batch, args, variant == "plain-fp32")
+                        rows.append((name, batch, variant, result))
+                        done = f"  {name} batch {batch} {variant}: {result['steps/s']:.2f} steps/s"
+                        print(done, file=sys.stderr, flush=True)
     print_table(rows, args)
 
 

@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from sedd_megatron.diffusion import GRAPHS, get_graph, get_noise, sample_t
-from sedd_megatron.runtime import destroy_distributed, init_distributed
+from sedd_megatron.runtime import world
 
 
 class LiveStorageBytes(TorchDispatchMode):
@@ -164,53 +164,54 @@ def main(argv=None):
 
     from sedd_megatron.models.sedd import padded_vocab_size  # lazy: imports megatron
 
-    init_distributed(tp=args.tp, seed=args.seed)
-    on_cuda = torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
-    group = parallel_state.get_tensor_model_parallel_group()
-    rank, tp = group.rank(), group.size()
-    results = []
-    for graph_name in args.graphs:
-        graph = get_graph(graph_name, args.vocab)
-        vocab_pad = padded_vocab_size(graph.dim, tp)
-        per_rank = vocab_pad // tp
-        offset = rank * per_rank
-        x0, x_t, sigma, dsigma, full = make_inputs(args, graph, vocab_pad, device)
-        shard = full[..., offset : offset + per_rank].clone().requires_grad_()
-        del full
-        inputs = (x0, x_t, sigma, dsigma, shard)
-        row = {"graph": graph_name, "shard_mb": shard.numel() * shard.element_size() / 2**20}
-        for name in ("vocab-parallel", "gather"):
-            peak, loss = measure(name, graph, inputs, offset, graph.dim, group, on_cuda)
-            row[name] = peak / 2**20
-            row[f"loss_{name}"] = loss.item()
-        results.append(row)
+    with world(tp=args.tp, seed=args.seed):
+        on_cuda = torch.cuda.is_available()
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+        )
+        group = parallel_state.get_tensor_model_parallel_group()
+        rank, tp = group.rank(), group.size()
+        results = []
+        for graph_name in args.graphs:
+            graph = get_graph(graph_name, args.vocab)
+            vocab_pad = padded_vocab_size(graph.dim, tp)
+            per_rank = vocab_pad // tp
+            offset = rank * per_rank
+            x0, x_t, sigma, dsigma, full = make_inputs(args, graph, vocab_pad, device)
+            shard = full[..., offset : offset + per_rank].clone().requires_grad_()
+            del full
+            inputs = (x0, x_t, sigma, dsigma, shard)
+            row = {"graph": graph_name, "shard_mb": shard.numel() * shard.element_size() / 2**20}
+            for name in ("vocab-parallel", "gather"):
+                peak, loss = measure(name, graph, inputs, offset, graph.dim, group, on_cuda)
+                row[name] = peak / 2**20
+                row[f"loss_{name}"] = loss.item()
+            results.append(row)
 
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, results)
-    if torch.distributed.get_rank() == 0:
-        how = "torch.cuda.max_memory_allocated" if on_cuda else "live storage bytes (dispatch)"
-        print(
-            f"\nbench_vocab_parallel_loss: TP={tp} batch={args.batch} seq_len={args.seq_len} "
-            f"vocab={args.vocab} fp32 forward+backward, peak memory above start via {how}"
-        )
-        print(
-            f"{'graph':<8} {'rank':>4} {'shard MB':>9} {'vocab-parallel MB':>18} "
-            f"{'gather MB':>10} {'gather/vp':>10} {'loss rel diff':>14}"
-        )
-        for i, graph_name in enumerate(args.graphs):
-            for r, rows in enumerate(gathered):
-                row = rows[i]
-                ref = row["loss_gather"]
-                diff = abs(row["loss_vocab-parallel"] - ref) / max(abs(ref), 1e-30)
-                print(
-                    f"{graph_name:<8} {r:>4} {row['shard_mb']:>9.1f} "
-                    f"{row['vocab-parallel']:>18.1f} {row['gather']:>10.1f} "
-                    f"{row['gather'] / row['vocab-parallel']:>10.2f} {diff:>14.2e}"
-                )
-        script = os.path.relpath(os.path.abspath(__file__))
-        print("command: " + shlex.join(["python", script, *sys.argv[1:]]))
-    destroy_distributed()
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, results)
+        if torch.distributed.get_rank() == 0:
+            how = "torch.cuda.max_memory_allocated" if on_cuda else "live storage bytes (dispatch)"
+            print(
+                f"\nbench_vocab_parallel_loss: TP={tp} batch={args.batch} seq_len={args.seq_len} "
+                f"vocab={args.vocab} fp32 forward+backward, peak memory above start via {how}"
+            )
+            print(
+                f"{'graph':<8} {'rank':>4} {'shard MB':>9} {'vocab-parallel MB':>18} "
+                f"{'gather MB':>10} {'gather/vp':>10} {'loss rel diff':>14}"
+            )
+            for i, graph_name in enumerate(args.graphs):
+                for r, rows in enumerate(gathered):
+                    row = rows[i]
+                    ref = row["loss_gather"]
+                    diff = abs(row["loss_vocab-parallel"] - ref) / max(abs(ref), 1e-30)
+                    print(
+                        f"{graph_name:<8} {r:>4} {row['shard_mb']:>9.1f} "
+                        f"{row['vocab-parallel']:>18.1f} {row['gather']:>10.1f} "
+                        f"{row['gather'] / row['vocab-parallel']:>10.2f} {diff:>14.2e}"
+                    )
+            script = os.path.relpath(os.path.abspath(__file__))
+            print("command: " + shlex.join(["python", script, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

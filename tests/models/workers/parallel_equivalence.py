@@ -91,125 +91,123 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, destroy_distributed, init_distributed
+    from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, world
 
-    init_distributed(tp=args.tp, pp=args.pp, cp=args.cp, seed=1234)
+    with world(tp=args.tp, pp=args.pp, cp=args.cp, seed=1234):
+        from megatron.core import parallel_state
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from safetensors.torch import load_file
 
-    from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-    from safetensors.torch import load_file
+        from sedd_megatron.diffusion import get_graph
+        from sedd_megatron.models.sedd import (
+            SEDDModel,
+            SEDDTransformerConfig,
+            get_sedd_layer_spec,
+            padded_vocab_size,
+        )
+        from sedd_megatron.models.sedd import state_dict_adapter as adapter
+        from sedd_megatron.plain import SEDD
 
-    from sedd_megatron.diffusion import get_graph
-    from sedd_megatron.models.sedd import (
-        SEDDModel,
-        SEDDTransformerConfig,
-        get_sedd_layer_spec,
-        padded_vocab_size,
-    )
-    from sedd_megatron.models.sedd import state_dict_adapter as adapter
-    from sedd_megatron.plain import SEDD
+        plain = SEDD.from_pretrained(args.model_dir)
+        published = plain.config
+        graph = get_graph(published.graph, published.tokens)
+        batch, length = 2, 16
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.randint(0, published.tokens, (batch, length), generator=gen)
+        sigma = torch.tensor([0.3, 1.7])
+        dsigma = torch.tensor([1.1, 2.5])
+        x_t = graph.sample_transition(x0, sigma[:, None], generator=gen)
 
-    plain = SEDD.from_pretrained(args.model_dir)
-    published = plain.config
-    graph = get_graph(published.graph, published.tokens)
-    batch, length = 2, 16
-    gen = torch.Generator().manual_seed(0)
-    x0 = torch.randint(0, published.tokens, (batch, length), generator=gen)
-    sigma = torch.tensor([0.3, 1.7])
-    dsigma = torch.tensor([1.1, 2.5])
-    x_t = graph.sample_transition(x0, sigma[:, None], generator=gen)
+        # Reference: the plain twin in train mode with dropout 0 (deterministic).
+        plain.train()
+        for block in plain.blocks:
+            block.dropout = 0.0
+        ref_log_score = plain(x_t, sigma)
+        se = graph.score_entropy(ref_log_score, sigma[:, None], x_t, x0)
+        ref_loss = (dsigma[:, None] * se).sum(-1)
+        ref_loss.mean().backward()
+        ref_grads = {n: p.grad for n, p in plain.named_parameters()}
 
-    # Reference: the plain twin in train mode with dropout 0 (deterministic).
-    plain.train()
-    for block in plain.blocks:
-        block.dropout = 0.0
-    ref_log_score = plain(x_t, sigma)
-    se = graph.score_entropy(ref_log_score, sigma[:, None], x_t, x0)
-    ref_loss = (dsigma[:, None] * se).sum(-1)
-    ref_loss.mean().backward()
-    ref_grads = {n: p.grad for n, p in plain.named_parameters()}
+        kwargs = adapter.transformer_config_kwargs(published)
+        kwargs.update(hidden_dropout=0.0)
+        config = SEDDTransformerConfig(
+            **kwargs,
+            tensor_model_parallel_size=args.tp,
+            pipeline_model_parallel_size=args.pp,
+            sequence_parallel=args.sp,
+            context_parallel_size=args.cp,
+            use_cpu_initialization=True,
+            pipeline_dtype=torch.float32,
+            **CPU_PIPELINE_CONFIG,
+        )
+        model = SEDDModel(
+            config,
+            get_sedd_layer_spec(use_transformer_engine=False),
+            vocab_size=padded_vocab_size(config.vocab_rows, args.tp),
+            max_sequence_length=length,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+        )
+        reference = plain.state_dict()
+        adapter.load_reference_state_dict(model, reference)
+        round_trip = adapter.reference_state_dict(model)
+        bit_identical = list(round_trip) == list(reference) and all(
+            torch.equal(round_trip[k], reference[k]) for k in reference
+        )
 
-    kwargs = adapter.transformer_config_kwargs(published)
-    kwargs.update(hidden_dropout=0.0)
-    config = SEDDTransformerConfig(
-        **kwargs,
-        tensor_model_parallel_size=args.tp,
-        pipeline_model_parallel_size=args.pp,
-        sequence_parallel=args.sp,
-        context_parallel_size=args.cp,
-        use_cpu_initialization=True,
-        pipeline_dtype=torch.float32,
-        **CPU_PIPELINE_CONFIG,
-    )
-    model = SEDDModel(
-        config,
-        get_sedd_layer_spec(use_transformer_engine=False),
-        vocab_size=padded_vocab_size(config.vocab_rows, args.tp),
-        max_sequence_length=length,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-    )
-    reference = plain.state_dict()
-    adapter.load_reference_state_dict(model, reference)
-    round_trip = adapter.reference_state_dict(model)
-    bit_identical = list(round_trip) == list(reference) and all(
-        torch.equal(round_trip[k], reference[k]) for k in reference
-    )
+        ddp = DistributedDataParallel(
+            config, DistributedDataParallelConfig(use_distributed_optimizer=False), model
+        )
+        config.finalize_model_grads_func = finalize_model_grads
+        ddp.zero_grad_buffer()
+        per_token = run_pipeline(ddp, x_t, sigma, x0=x0, dsigma=dsigma, forward_only=False)
+        grads = adapter.reference_grads(model)
 
-    ddp = DistributedDataParallel(
-        config, DistributedDataParallelConfig(use_distributed_optimizer=False), model
-    )
-    config.finalize_model_grads_func = finalize_model_grads
-    ddp.zero_grad_buffer()
-    per_token = run_pipeline(ddp, x_t, sigma, x0=x0, dsigma=dsigma, forward_only=False)
-    grads = adapter.reference_grads(model)
+        ddp.eval()
+        last = parallel_state.is_pipeline_last_stage()
+        from sedd_megatron.kernels import triton_usable
 
-    ddp.eval()
-    last = parallel_state.is_pipeline_last_stage()
-    from sedd_megatron.kernels import triton_usable
-
-    result = {"bit_identical_round_trip": bit_identical, "triton_kernels": triton_usable(x0)}
-    shard = run_pipeline(ddp, x_t, sigma)
-    if last:
-        loss = (dsigma[:, None] * per_token).sum(-1)
-        result["loss"] = relative_error(loss, ref_loss.detach())
-        result["log_score"] = relative_error(gather_vocab(model, shard), ref_log_score.detach())
-
-    # The reference's own recorded outputs on its recorded inputs.
-    for name in ("expected_euler", "expected_analytic"):
-        expected = load_file(Path(args.model_dir) / f"{name}.safetensors")
-        x_t, sigma, x0 = expected["perturbed"], expected["sigma"], expected["tokens"]
+        result = {"bit_identical_round_trip": bit_identical, "triton_kernels": triton_usable(x0)}
         shard = run_pipeline(ddp, x_t, sigma)
-        per_token = run_pipeline(ddp, x_t, sigma, x0=x0)
         if last:
-            log_score = gather_vocab(model, shard)
-            loss = (expected["dsigma"][:, None] * per_token).sum(-1)
-            result[f"conformance_log_score_{name}"] = relative_error(
-                log_score, expected["log_score"]
-            )
-            result[f"conformance_loss_{name}"] = relative_error(loss, expected["loss"])
+            loss = (dsigma[:, None] * per_token).sum(-1)
+            result["loss"] = relative_error(loss, ref_loss.detach())
+            result["log_score"] = relative_error(gather_vocab(model, shard), ref_log_score.detach())
 
-    grad_errors = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}
-    result["grad_max"] = max(grad_errors.values())
-    result["grad_worst"] = max(grad_errors, key=grad_errors.get)
-    result["grad_bad"] = sorted(k for k, v in grad_errors.items() if v > 1e-5)
-    result["grads_checked"] = len(grad_errors)
+        # The reference's own recorded outputs on its recorded inputs.
+        for name in ("expected_euler", "expected_analytic"):
+            expected = load_file(Path(args.model_dir) / f"{name}.safetensors")
+            x_t, sigma, x0 = expected["perturbed"], expected["sigma"], expected["tokens"]
+            shard = run_pipeline(ddp, x_t, sigma)
+            per_token = run_pipeline(ddp, x_t, sigma, x0=x0)
+            if last:
+                log_score = gather_vocab(model, shard)
+                loss = (expected["dsigma"][:, None] * per_token).sum(-1)
+                result[f"conformance_log_score_{name}"] = relative_error(
+                    log_score, expected["log_score"]
+                )
+                result[f"conformance_loss_{name}"] = relative_error(loss, expected["loss"])
 
-    everything = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(everything, result)
-    if torch.distributed.get_rank() == 0:
-        merged = {}
-        for part in everything:
-            for key, value in part.items():
-                if isinstance(value, bool):
-                    merged[key] = merged.get(key, True) and value
-                elif isinstance(value, float):
-                    merged[key] = max(merged.get(key, 0.0), value)
-                else:
-                    merged.setdefault(key, value)
-        print("RESULT " + json.dumps(merged), flush=True)
-    destroy_distributed()
+        grad_errors = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}
+        result["grad_max"] = max(grad_errors.values())
+        result["grad_worst"] = max(grad_errors, key=grad_errors.get)
+        result["grad_bad"] = sorted(k for k, v in grad_errors.items() if v > 1e-5)
+        result["grads_checked"] = len(grad_errors)
+
+        everything = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everything, result)
+        if torch.distributed.get_rank() == 0:
+            merged = {}
+            for part in everything:
+                for key, value in part.items():
+                    if isinstance(value, bool):
+                        merged[key] = merged.get(key, True) and value
+                    elif isinstance(value, float):
+                        merged[key] = max(merged.get(key, 0.0), value)
+                    else:
+                        merged.setdefault(key, value)
+            print("RESULT " + json.dumps(merged), flush=True)
 
 
 if __name__ == "__main__":

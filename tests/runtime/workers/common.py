@@ -1,7 +1,7 @@
 """Helpers shared by the runtime worker scripts (run in their own processes, see tests/launch.py).
 
 Importing this module imports torch only; Megatron is imported inside the functions, after the
-worker has called ``enable_cpu_megatron()`` (through ``init_distributed``).
+worker has called ``enable_cpu_megatron()`` (through ``sedd_megatron.runtime.world``).
 """
 
 from __future__ import annotations

@@ -118,27 +118,26 @@ def main():
     start_worker()
     from megatron.core import dist_checkpointing
 
-    from sedd_megatron.runtime import apply_upstream_fixes, init_distributed
+    from sedd_megatron.runtime import apply_upstream_fixes, world
     from sedd_megatron.runtime.upstream_fixes import FIXES
 
     ckpt_dir, k, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    init_distributed(seed=SEED)
+    with world(seed=SEED):
+        reference = train(*build(SEED), range(2 * k))
+        model, optimizer = build(SEED)
+        first_half = train(model, optimizer, range(k))
+        dist_checkpointing.save(sharded_state(model, optimizer, False), ckpt_dir)
+        torch.distributed.barrier()
 
-    reference = train(*build(SEED), range(2 * k))
-    model, optimizer = build(SEED)
-    first_half = train(model, optimizer, range(k))
-    dist_checkpointing.save(sharded_state(model, optimizer, False), ckpt_dir)
-    torch.distributed.barrier()
-
-    resumed = {}
-    for variant in variants:
-        fixes = [] if variant == "none" else FIXES if variant == "all" else variant.split("+")
-        apply_upstream_fixes(fixes)
-        try:
-            resumed[variant] = resume(ckpt_dir, k)
-        except Exception as error:  # raised on every rank alike: report it, go on
-            resumed[variant] = f"{type(error).__name__}: {error}"
-    report(reference=reference, first_half=first_half, resumed=resumed)
+        resumed = {}
+        for variant in variants:
+            fixes = [] if variant == "none" else FIXES if variant == "all" else variant.split("+")
+            apply_upstream_fixes(fixes)
+            try:
+                resumed[variant] = resume(ckpt_dir, k)
+            except Exception as error:  # raised on every rank alike: report it, go on
+                resumed[variant] = f"{type(error).__name__}: {error}"
+        report(reference=reference, first_half=first_half, resumed=resumed)
 
 
 if __name__ == "__main__":

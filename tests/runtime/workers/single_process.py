@@ -71,22 +71,19 @@ def checkpoint_round_trip(ckpt_dir: str) -> dict:
 
 def main():
     start_worker()
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
+    from sedd_megatron.runtime import enable_cpu_megatron, world
 
     seed = 1234
-    init_distributed(seed=seed)  # calls enable_cpu_megatron()
-    from sedd_megatron.runtime import enable_cpu_megatron
-
-    results = {
-        "world_size": torch.distributed.get_world_size(),
-        "enable_again": enable_cpu_megatron(),
-        "function_modes": len(torch.overrides._get_current_function_mode_stack()),
-    }
-    results.update(rng_tracker(seed))
-    results.update(block_forward_backward())
-    results.update(checkpoint_round_trip(sys.argv[1]))
-    report(**results)
-    destroy_distributed()
+    with world(seed=seed):  # calls enable_cpu_megatron()
+        results = {
+            "world_size": torch.distributed.get_world_size(),
+            "enable_again": enable_cpu_megatron(),
+            "function_modes": len(torch.overrides._get_current_function_mode_stack()),
+        }
+        results.update(rng_tracker(seed))
+        results.update(block_forward_backward())
+        results.update(checkpoint_round_trip(sys.argv[1]))
+        report(**results)
 
 
 if __name__ == "__main__":
