@@ -139,7 +139,9 @@ def world(
     The world spans torchrun's processes (``WORLD_SIZE``), or just this process without
     torchrun. Inside an initialised world the body just runs in it (nothing is torn down);
     ``tp``/``pp`` then must match it (None accepts any). A new world gets ``tp or 1`` x
-    ``pp or 1``; ``WORLD_SIZE`` must be a multiple of their product.
+    ``pp or 1``; ``WORLD_SIZE`` must be a multiple of their product. Where the process group
+    already exists without Megatron's model-parallel state (a test switching layouts inside one
+    torchrun job), only that state is built, and only that state is torn down after.
     """
     have = world_layout()
     if have is not None:
@@ -154,8 +156,14 @@ def world(
             f"TP={tp} x PP={pp} needs a multiple of {tp * pp} processes, got {size}: run under "
             f"torchrun --nproc_per_node={tp * pp}"
         )
+    started_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     init_distributed(tp=tp, pp=pp, seed=seed, vpp=vpp, cp=cp, timeout_s=timeout_s, cpu=cpu)
     try:
         yield
     finally:
-        destroy_distributed()
+        if started_group:
+            destroy_distributed()
+        else:
+            from megatron.core import parallel_state  # lazy: imports megatron
+
+            parallel_state.destroy_model_parallel()

@@ -28,32 +28,33 @@ def main():
 
     from sedd_megatron.checkpoint import open_model
     from sedd_megatron.evaluation import evaluate_elbo
-    from sedd_megatron.runtime import destroy_distributed, init_distributed
+    from sedd_megatron.runtime import world
 
     tokens = load_file(args.tokens)["tokens"]
     out = {}
-    for layout in args.layouts.split(","):
-        size = int(layout[2:])
-        tp, pp = {"tp": (size, 1), "pp": (1, size), "dp": (1, 1)}[layout[:2]]
-        init_distributed(tp=tp, pp=pp, seed=1234)
-        scorer = open_model(args.model_dir, "megatron")
-        out[layout] = {"dp": scorer.dp_size}
-        for design, samples, replicates in DESIGNS:
-            result = evaluate_elbo(
-                scorer,
-                tokens,
-                design=design,
-                num_t_samples=samples,
-                replicates=replicates,
-                batch_size=4,
-                progress=False,
-                seed=11,
-            )
-            out[layout][design] = [b.to_dict(draws=True) for b in result.blocks]
-        parallel_state.destroy_model_parallel()
-    if torch.distributed.get_rank() == 0:
-        print("RESULT " + json.dumps(out), flush=True)
-    destroy_distributed()
+    with world(seed=1234):  # the process group; each layout replaces the model-parallel state
+        for layout in args.layouts.split(","):
+            size = int(layout[2:])
+            tp, pp = {"tp": (size, 1), "pp": (1, size), "dp": (1, 1)}[layout[:2]]
+            if parallel_state.model_parallel_is_initialized():
+                parallel_state.destroy_model_parallel()
+            with world(tp=tp, pp=pp, seed=1234):
+                scorer = open_model(args.model_dir, "megatron")
+                out[layout] = {"dp": scorer.dp_size}
+                for design, samples, replicates in DESIGNS:
+                    result = evaluate_elbo(
+                        scorer,
+                        tokens,
+                        design=design,
+                        num_t_samples=samples,
+                        replicates=replicates,
+                        batch_size=4,
+                        progress=False,
+                        seed=11,
+                    )
+                    out[layout][design] = [b.to_dict(draws=True) for b in result.blocks]
+        if torch.distributed.get_rank() == 0:
+            print("RESULT " + json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

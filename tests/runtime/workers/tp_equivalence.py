@@ -10,14 +10,10 @@ SEED = 1234
 
 
 def run_block(tp: int, sequence_parallel: bool = False):
-    """Build the block at the given TP size; return output, input grad, {name: (param, grad)}."""
+    """Build the block in the current world (TP = ``tp``); return output, input grad,
+    {name: (param, grad)}."""
     from megatron.core import parallel_state
 
-    from sedd_megatron.runtime import init_distributed
-
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    init_distributed(tp=tp, seed=SEED)
     config = tiny_config(tensor_model_parallel_size=tp, sequence_parallel=sequence_parallel)
     block = tiny_block(config)
 
@@ -76,13 +72,21 @@ def main():
     start_worker()
     from megatron.core import parallel_state
 
-    reference = run_block(tp=1)
-    errors = {}
-    for sp in (False, True):
-        result = run_block(tp=2, sequence_parallel=sp)
-        rank = parallel_state.get_tensor_model_parallel_rank()
-        errors["sp" if sp else "tp"] = worst_over_ranks(max_errors(reference, result, 2, rank, sp))
-    report(worst={k: max(v.values()) for k, v in errors.items()}, errors=errors)
+    from sedd_megatron.runtime import world
+
+    with world(tp=1, seed=SEED):  # the process group; TP=2 then replaces the model-parallel state
+        reference = run_block(tp=1)
+        errors = {}
+        for sp in (False, True):
+            if parallel_state.model_parallel_is_initialized():
+                parallel_state.destroy_model_parallel()
+            with world(tp=2, seed=SEED):
+                result = run_block(tp=2, sequence_parallel=sp)
+                rank = parallel_state.get_tensor_model_parallel_rank()
+                errors["sp" if sp else "tp"] = worst_over_ranks(
+                    max_errors(reference, result, 2, rank, sp)
+                )
+        report(worst={k: max(v.values()) for k, v in errors.items()}, errors=errors)
 
 
 if __name__ == "__main__":
