@@ -23,10 +23,18 @@ import sys
 import time
 from pathlib import Path
 
+from sedd_megatron.console import quiet_third_party
+
+quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
+
 from sedd_megatron import runtime
 from sedd_megatron.datasets.corpus import build_corpus
 from sedd_megatron.evaluation import elbo_report
-from sedd_megatron.evaluation.gen_ppl import gen_ppl_report, load_causal_lm, plot_gen_ppl_vs_steps
+from sedd_megatron.evaluation.gen_ppl import (
+    gen_ppl_report,
+    load_causal_lm,
+    plot_gen_ppl_vs_steps,
+)
 from sedd_megatron.sampling import sample_texts
 
 REPO = Path(__file__).resolve().parents[1]

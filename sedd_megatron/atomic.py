@@ -3,8 +3,10 @@ its target only when complete, so readers see the old version or the new one, ne
 and a failed write leaves no temporary file behind and the target as it was.
 
 The temporary name is hidden and unique (``.NAME.XXXXXXXX.tmp``) and lies in the target's
-directory (the rename must stay on one file system). This module imports nothing else of the
-package.
+directory (the rename must stay on one file system). New files get mode 0666 and new
+directories 0777, less the process's umask, as ``open(path, "w")`` and ``mkdir`` give them
+(``tempfile.mkstemp``/``mkdtemp`` would make them owner-only); ``permissions`` overrides it.
+This module imports nothing else of the package.
 """
 
 import os
@@ -100,18 +102,21 @@ def atomic_write_bytes(
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike, *, permissions: int = 0o755) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, *, permissions: int | None = None) -> Iterator[Path]:
     """Yield a new, empty temporary sibling directory to fill with ``path``'s new content.
 
-    On success it gets ``permissions`` and is renamed to ``path``; an existing ``path`` is
-    replaced whole (moved aside first and restored if the rename fails). If the block raises,
-    the temporary directory is deleted and ``path`` is left untouched.
+    On success it is renamed to ``path``; an existing ``path`` is replaced whole (moved aside
+    first and restored if the rename fails). If the block raises, the temporary directory is
+    deleted and ``path`` is left untouched. The directory's mode is 0777 less the umask (as
+    ``mkdir`` makes it), or ``permissions`` (set exactly, with ``chmod``) when given.
     """
     target = Path(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = temporary_sibling(target)
+    os.mkdir(staging, 0o777)
     try:
         yield staging
-        os.chmod(staging, permissions)
+        if permissions is not None:
+            os.chmod(staging, permissions)
         _replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -46,6 +46,41 @@ def test_newline_and_permissions(tmp_path):
     assert _mode(tmp_path / "default.txt") == 0o666 & ~umask  # as open(path, "w") makes it
 
 
+@pytest.fixture
+def umask_027():
+    """The process umask set to 027 (group: no write; others: nothing) for one test."""
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_new_files_and_directories_follow_the_umask(tmp_path, umask_027):
+    """0666 / 0777 less the umask, as open() and mkdir make them: not mkstemp's owner-only
+    0600 (nor a fixed 0755), also when an existing target with another mode is replaced."""
+    atomic_write_text(tmp_path / "a.txt", "x")
+    atomic_write_bytes(tmp_path / "b.bin", b"x")
+    with atomic_open(tmp_path / "c.txt") as f:
+        f.write("x")
+    for name in ("a.txt", "b.bin", "c.txt"):
+        assert _mode(tmp_path / name) == 0o640, name
+    old = tmp_path / "old.txt"
+    old.write_text("old")
+    os.chmod(old, 0o600)
+    atomic_write_text(old, "new")
+    assert _mode(old) == 0o640
+    with atomic_directory(tmp_path / "model") as staging:
+        assert _mode(staging) == 0o750
+        (staging / "config.json").write_text("{}")
+    assert _mode(tmp_path / "model") == 0o750
+    assert _mode(tmp_path / "model" / "config.json") == 0o640
+    with atomic_directory(tmp_path / "exact", permissions=0o700):
+        pass
+    assert _mode(tmp_path / "exact") == 0o700
+    os.umask(0)
+    atomic_write_text(tmp_path / "open.txt", "x")
+    assert _mode(tmp_path / "open.txt") == 0o666
+
+
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "out.json"
     target.write_text("old")
@@ -112,7 +147,9 @@ def test_atomic_directory_new_and_replaced(tmp_path):
         (staging / "config.json").write_text("{}")
         assert not target.exists()
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]
-    assert _mode(target) == 0o755
+    umask = os.umask(0)
+    os.umask(umask)
+    assert _mode(target) == 0o777 & ~umask
     with atomic_directory(target) as staging:
         (staging / "weights.bin").write_bytes(b"w")
     assert sorted(p.name for p in target.iterdir()) == ["weights.bin"]  # replaced whole

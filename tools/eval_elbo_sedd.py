@@ -17,18 +17,35 @@ import json
 import os
 import sys
 
-import torch
+from sedd_megatron.console import ArgumentParser, quiet_third_party
 
-from sedd_megatron import runtime
-from sedd_megatron.checkpoint import is_plain_dir
-from sedd_megatron.datasets.cli import quiet_megatron_import
+quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
+
+from sedd_megatron.datasets.checks import check_int, check_output_file
 from sedd_megatron.errors import CheckpointError, ConfigError, DataError, EvalError
-from sedd_megatron.evaluation.designs import DESIGNS
-from sedd_megatron.evaluation.report import elbo_report, open_eval_model
+from sedd_megatron.evaluation.settings import (
+    DESIGNS,
+    DETOKENIZERS,
+    MIN_REPLICATES,
+    check_elbo_settings,
+    check_eval_data,
+)
+
+#: How check_elbo_settings names this tool's settings in its errors.
+FLAGS = {
+    "num_t_samples": "--num-t-samples",
+    "replicates": "--replicates",
+    "t_eps": "--t-eps",
+    "batch_size": "--batch-size",
+    "level": "--level",
+    "seq_length": "--seq-length",
+    "max_blocks": "--blocks",
+    "compare": "--compare",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
@@ -45,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "auto: plain for a published-layout directory in a single process",
     )
     g.add_argument("--tp", type=int, default=1, help="tensor parallel size (Megatron)")
-    g.add_argument("--pp", type=int, default=1, help="pipeline parallel size (Megatron)")
+    g.add_argument(
+        "--pp",
+        type=int,
+        default=1,
+        help="pipeline parallel size (Megatron); blocks it does not divide are split unevenly, "
+        "e.g. 3 -> 2+1 (see convert_checkpoint.py import --help)",
+    )
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -55,11 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--json-key", default="text", help="JSONL field holding the text")
     g.add_argument("--per-line", action="store_true", help="text file: one document per line")
-    g.add_argument("--detokenizer", default="auto", choices=("auto", "ptb", "ptb-extended", "none"))
+    g.add_argument("--detokenizer", default="auto", choices=DETOKENIZERS)
     g.add_argument("--seq-length", type=int, help="block length (default: the model's)")
     g.add_argument("--blocks", type=int, help="evaluate only the first N blocks")
     g = p.add_argument_group("estimator")
-    g.add_argument("--num-t-samples", type=int, default=1000, help="model evaluations per block")
+    g.add_argument(
+        "--num-t-samples",
+        type=int,
+        default=1000,
+        help=f"model evaluations per block (>= {MIN_REPLICATES}: the confidence interval "
+        "estimates each block's Monte-Carlo variance from independent replicates)",
+    )
     g.add_argument(
         "--design",
         choices=DESIGNS,
@@ -70,12 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--replicates",
         type=int,
-        help="independent replicates per block (stratified/importance; default 10)",
+        help=f"independent replicates per block (stratified/importance; >= {MIN_REPLICATES}, "
+        "dividing --num-t-samples; default 10, 8, 5, 4 or 2 if one divides it)",
     )
     g.add_argument("--t-eps", type=float, default=1e-3, help="t ~ [t_eps, 1]")
     g.add_argument("--batch-size", type=int, default=8, help="sequences per model call")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--level", type=float, default=0.95, help="confidence level")
+    g.add_argument("--level", type=float, default=0.95, help="confidence level, in (0, 1)")
     g.add_argument(
         "--compare",
         help="comma-separated designs to compare (the first is the "
@@ -89,8 +119,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def compare_list(args) -> list[str] | None:
+    if args.compare is None:
+        return None
+    return [d.strip() for d in args.compare.split(",") if d.strip()]
+
+
+def check_settings(args) -> None:
+    """Every setting and path, before torch or the model loads (nothing is written on error)."""
+    check_elbo_settings(
+        num_t_samples=args.num_t_samples,
+        design=args.design,
+        replicates=args.replicates,
+        t_eps=args.t_eps,
+        batch_size=args.batch_size,
+        level=args.level,
+        seq_length=args.seq_length,
+        max_blocks=args.blocks,
+        compare=compare_list(args),
+        names=FLAGS,
+    )
+    check_int(args.iteration, "--iteration", minimum=0, optional=True, error=EvalError)
+    if args.compare is not None and args.plot:
+        raise EvalError("--plot draws one design's integrand; it cannot be used with --compare")
+    if args.save_draws and not args.output:
+        raise EvalError("--save-draws stores the draws in the --output JSON: give --output")
+    for flag in ("output", "plot"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), f"--{flag}", error=EvalError)
+    if args.output and args.plot and os.path.abspath(args.output) == os.path.abspath(args.plot):
+        raise EvalError("--output and --plot name the same file")
+    if not os.path.exists(args.load):
+        raise EvalError(f"model not found: {args.load}")
+    check_eval_data(args.data, json_key=args.json_key, detokenizer=args.detokenizer)
+
+
 def open_model_for(args):
     """(model, backend): the plain twin here, or "megatron" (opened in the tool's world)."""
+    from sedd_megatron.checkpoint import is_plain_dir  # lazy: imports torch; checks come first
+
     if not os.path.exists(args.load):
         raise EvalError(f"model not found: {args.load}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -106,7 +173,16 @@ def open_model_for(args):
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    check_settings(args)
     backend = open_model_for(args)
+    from sedd_megatron.checkpoint.parallel import check_tool_layout  # lazy: torch; checks first
+
+    check_tool_layout(args.load, args.tp, args.pp, backend, iteration=args.iteration)
+    import torch
+
+    from sedd_megatron import runtime  # lazy: torch and Megatron load after the checks
+    from sedd_megatron.evaluation.report import elbo_report, open_eval_model  # lazy: as above
+
     world = runtime.world(args.tp, args.pp, seed=args.seed) if backend == "megatron" else None
     with world or contextlib.nullcontext():
         model = open_eval_model(
@@ -116,9 +192,7 @@ def _main(argv) -> int:
             use_ema=False if args.raw else None,
             seq_length=args.seq_length,
         )
-        compare = (
-            [d.strip() for d in args.compare.split(",") if d.strip()] if args.compare else None
-        )
+        compare = compare_list(args)
         report = elbo_report(
             model,
             args.data,
@@ -164,6 +238,12 @@ def print_summary(s: dict) -> None:
         f"{s['blocks']} blocks, {s['tokens']} tokens, {s['evaluations']} model evaluations",
         flush=True,
     )
+    timing = s.get("timing") or {}
+    if timing.get("evaluations_per_second"):
+        print(
+            f"{timing['seconds']:.1f} s, {timing['evaluations_per_second']:.1f} evaluations/s",
+            flush=True,
+        )
 
 
 def print_comparison(rows: dict) -> None:
@@ -184,11 +264,10 @@ def print_comparison(rows: dict) -> None:
 
 
 def main(argv=None) -> int:
-    quiet_megatron_import()
     try:
         return _main(argv)
     except (EvalError, DataError, CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"eval_elbo_sedd.py: error: {err}", file=sys.stderr)
         return 2
 
 

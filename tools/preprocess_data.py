@@ -9,16 +9,26 @@ Examples:
       --tokenizer sentencepiece --tokenizer-model sp.model
 """
 
-import argparse
 import sys
 
+from sedd_megatron.console import ArgumentParser, quiet_third_party
+
+quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
+
 from sedd_megatron.datasets.cli import run
-from sedd_megatron.datasets.preprocess import preprocess
-from sedd_megatron.datasets.tokenizers import add_tokenizer_args, tokenizer_from_args
+from sedd_megatron.datasets.preprocess import check_inputs, check_preprocess_settings, preprocess
+from sedd_megatron.datasets.tokenizers import (
+    add_tokenizer_args,
+    check_tokenizer_args,
+    tokenizer_from_args,
+)
+
+#: How check_preprocess_settings names this tool's settings in its errors.
+FLAGS = {"workers": "--workers", "encoding": "--encoding", "json_keys": "--json-keys"}
 
 
 def _main(argv) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="text or JSONL files")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.bin / PREFIX.idx")
     parser.add_argument("--json-keys", nargs="+", help="JSONL keys to tokenize (default: text)")
@@ -28,13 +38,19 @@ def _main(argv) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_tokenizer_args(parser)
     args = parser.parse_args(argv)
+    # every setting and path first, then the tokenizer files, then the work
+    check_preprocess_settings(
+        workers=args.workers, encoding=args.encoding, json_keys=args.json_keys, names=FLAGS
+    )
+    check_tokenizer_args(args)
+    check_inputs(args.input, args.output_prefix, args.json_keys)
     stats = preprocess(
         args.input,
         args.output_prefix,
         tokenizer_from_args(args),
         json_keys=args.json_keys,
         per_line=args.per_line,
-        workers=max(1, args.workers),
+        workers=args.workers,
         encoding=args.encoding,
         progress=not args.no_progress,
     )

@@ -9,6 +9,7 @@ optimizer settings and the EMA decay back from there.
 import dataclasses
 import math
 
+from sedd_megatron.checkpoint.parallel import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.config import SEDDConfig
 
@@ -128,8 +129,12 @@ def pretrain_argv(config: SEDDConfig, *, tp: int = 1, pp: int = 1) -> list[str]:
     """pretrain_sedd.py flags that build ``config``'s model (NullTokenizer with its vocabulary).
 
     Optimizer settings and the EMA decay come from config.json's ``optim``/``training``
-    sections where present (the reference defaults otherwise).
+    sections where present (the reference defaults otherwise). Blocks that ``pp`` does not
+    divide get the default uneven split (``checkpoint.parallel.pipeline_split``) through
+    Megatron's ``--decoder-first/last-pipeline-num-layers``; a layout that does not fit the
+    model raises ConfigError.
     """
+    layout = check_config_layout(config, tp, pp)
     argv = [
         "--num-layers", str(config.n_blocks),
         "--hidden-size", str(config.hidden_size),
@@ -150,6 +155,7 @@ def pretrain_argv(config: SEDDConfig, *, tp: int = 1, pp: int = 1) -> list[str]:
         "--pipeline-model-parallel-size", str(pp),
         "--micro-batch-size", "1",
         "--ckpt-format", "torch_dist",
+        *layout.pretrain_flags(),
     ]  # fmt: skip
     for section, key, flag in _OPTIM_FLAGS:
         value = (config.extra.get(section) or {}).get(key)

@@ -35,10 +35,10 @@ def export_checkpoint(
     ``use_ema``: None = the EMA weights if saved, True = require them, False = raw weights.
     Runs in the caller's initialised Megatron world (any TP/PP: shards are gathered, rank 0
     writes; start one with ``sedd_megatron.runtime.world()``), else raises CheckpointError.
-    ``out_dir`` must not exist; it appears complete or not at all.
+    ``out_dir`` must be new (see ``world.new_output_dir``); it appears complete or not at all.
     ``verify_outputs`` compares the log-scores of the written files with the Megatron model's.
     """
-    target = world.new_output_dir(out_dir)
+    target = world.new_output_dir(out_dir, source=ckpt_dir)
     if locate.source_kind(ckpt_dir) != "megatron":
         raise CheckpointError(
             f"{ckpt_dir} is not a pretrain_sedd.py checkpoint (nothing to export)"

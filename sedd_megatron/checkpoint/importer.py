@@ -17,6 +17,7 @@ from pathlib import Path
 from sedd_megatron.checkpoint import configs, locate, verify, world
 from sedd_megatron.checkpoint.export import check_difference, plain_model
 from sedd_megatron.checkpoint.loader import build_model, load_sedd_model
+from sedd_megatron.checkpoint.parallel import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel
 from sedd_megatron.training.arguments import add_sedd_args, validate_sedd_args
@@ -47,10 +48,14 @@ def import_checkpoint(
     it: ``with sedd_megatron.runtime.world(tp, pp):``, under torchrun with tp * pp processes
     for tp * pp > 1); else CheckpointError. ``ema_decay`` (default: config.json's
     ``training.ema``, else 0.9999) is recorded in the saved args; 0 saves no EMA weights.
-    ``out_dir`` must not exist; it appears complete or not at all.
+    ``out_dir`` must be new (see ``world.new_output_dir``); it appears complete or not at all.
+    A layout that does not fit the model raises ConfigError; blocks that ``pp`` does not divide
+    are split by ``checkpoint.parallel.pipeline_split`` (recorded in the saved args as Megatron's
+    ``--decoder-first/last-pipeline-num-layers``).
     """
     config, reference = locate.read_plain_checkpoint(plain_dir)
-    target = world.new_output_dir(out_dir)
+    check_config_layout(config, tp, pp)
+    target = world.new_output_dir(out_dir, source=plain_dir)
     argv = configs.pretrain_argv(config, tp=tp, pp=pp)
     if ema_decay is not None:
         argv += ["--ema-decay", repr(float(ema_decay))]

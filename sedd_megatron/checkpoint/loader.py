@@ -6,7 +6,9 @@ from pathlib import Path
 import torch
 
 from sedd_megatron.checkpoint import configs, locate
-from sedd_megatron.errors import CheckpointError
+from sedd_megatron.checkpoint.parallel import check_config_layout
+from sedd_megatron.errors import CheckpointError, ConfigError
+from sedd_megatron.plain.checkpoint import first_non_finite
 from sedd_megatron.plain.config import SEDDConfig
 from sedd_megatron.runtime import CPU_PIPELINE_CONFIG, is_cpu_megatron_enabled
 
@@ -47,6 +49,8 @@ def build_model(config: SEDDConfig, *, seq_length: int | None = None, divisible_
     """This rank's pipeline stage of a float32 SEDDModel for ``config`` at the current TP/PP.
 
     Local (non Transformer Engine) layers, parameters on the current device, weights random.
+    Blocks that PP does not divide are split by ``checkpoint.parallel.pipeline_split`` (Megatron's
+    uneven pipeline; checkpoints are keyed by global layer, so any split loads any checkpoint).
     """
     from megatron.core import parallel_state as ps
 
@@ -68,16 +72,16 @@ def build_model(config: SEDDConfig, *, seq_length: int | None = None, divisible_
     pp = ps.get_pipeline_model_parallel_world_size()
     if ps.get_virtual_pipeline_model_parallel_world_size() not in (None, 1):
         raise CheckpointError("loading with virtual pipeline stages is not supported")
-    if config.n_blocks % pp or config.n_heads % tp:
-        raise CheckpointError(
-            f"{config.n_blocks} blocks / {config.n_heads} heads cannot be split over PP={pp} / "
-            f"TP={tp}"
-        )
+    try:
+        layout = check_config_layout(config, tp, pp, vocab_divisor=divisible_by)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
     on_cpu = is_cpu_megatron_enabled()
     transformer_config = SEDDTransformerConfig(
         **transformer_config_kwargs(config),
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        **layout.transformer_config_kwargs(),
         use_cpu_initialization=True,
         params_dtype=torch.float32,
         pipeline_dtype=torch.float32,
@@ -137,6 +141,7 @@ def load_sedd_model(
         config, seq_length=seq_length, divisible_by=args.make_vocab_size_divisible_by
     )
     load_megatron_weights(model, where, use_ema)
+    check_finite_weights(model, f"{where.path} ({'EMA' if use_ema else 'raw'} weights)")
     info = SEDDModelInfo(
         config, source, kind, where.iteration, use_ema, seq_length or config.length
     )
@@ -154,11 +159,30 @@ def load_megatron_weights(model, where: "locate.CheckpointIteration", use_ema: b
     sharded = model.sharded_state_dict()
     if use_ema:
         sharded = {name: _ema_view(name, value) for name, value in sharded.items()}
+    locate.check_iteration(where)  # unsafe metadata, missing or short shards: clear errors
     try:
-        loaded = dist_checkpointing.load({"model": sharded}, str(where.path))["model"]
+        with locate.safe_megatron_reads(where.path):
+            loaded = dist_checkpointing.load({"model": sharded}, str(where.path))["model"]
         model.load_state_dict(loaded, strict=True)
+    except CheckpointError:
+        raise
     except Exception as err:  # key/shape mismatches surface as several exception types
         raise CheckpointError(f"cannot load the model weights from {where.path}: {err}") from err
+
+
+def check_finite_weights(model, source: str) -> None:
+    """CheckpointError naming the first parameter holding NaN or Inf, on any rank (every rank
+    raises, so none is left waiting in a collective)."""
+    bad = first_non_finite((name, p.detach()) for name, p in model.named_parameters())
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        found = [None] * dist.get_world_size()
+        dist.all_gather_object(found, bad)
+        bad = next((name for name in found if name is not None), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"{source}: the weight {bad} holds NaN or Inf values; refusing to use these weights"
+        )
 
 
 def _ema_view(name: str, value):

@@ -2,20 +2,29 @@
 
 - a pretrain_sedd.py (Megatron torch_dist) checkpoint: ``latest_checkpointed_iteration.txt``
   naming ``iter_NNNNNNN/`` (or ``release/``); a complete iteration directory holds
-  ``metadata.json`` and ``.metadata``; the common state (with the training ``args``) is read
-  without unpickling arbitrary objects (Megatron stores it for ``weights_only`` loading);
+  ``metadata.json`` and ``.metadata``. Nothing in it is unpickled beyond plain data
+  (``safety``): ``.metadata`` with a restricted unpickler, every shard it lists checked for
+  presence and length first, the common state (with the training ``args``) ``weights_only``;
 - a plain directory in the published ``louaaron/sedd-*`` layout: ``config.json`` and
   ``model.safetensors`` or ``pytorch_model.bin`` (read only with ``weights_only=True``).
 """
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sedd_megatron.checkpoint import safety
 from sedd_megatron.errors import CheckpointError, ConfigError
-from sedd_megatron.plain.checkpoint import CONFIG_NAME, find_weights_file, read_state_dict
+from sedd_megatron.plain.checkpoint import (
+    CONFIG_NAME,
+    check_finite,
+    find_weights_file,
+    read_state_dict,
+)
 from sedd_megatron.plain.config import SEDDConfig
 from sedd_megatron.plain.layout import check_state_dict
 
@@ -97,26 +106,48 @@ def read_checkpoint_args(ckpt_dir: str | Path, iteration: int | None = None):
 
 
 def read_common_state(where: CheckpointIteration) -> dict:
+    """The common (non-sharded) state of a torch_dist iteration, after :func:`check_iteration`."""
     from megatron.core import dist_checkpointing
 
+    check_iteration(where)
     try:
-        common = dist_checkpointing.load_common_state_dict(str(where.path))
+        with safe_megatron_reads(where.path):
+            common = dist_checkpointing.load_common_state_dict(str(where.path))
+    except CheckpointError:
+        raise
     except Exception as err:  # Megatron raises several types for unreadable checkpoints
-        raise CheckpointError(f"cannot read the common state of {where.path}: {err}") from err
+        raise CheckpointError(
+            f"cannot read the common state of {where.path}: {safety.one_line(err)}"
+        ) from err
     args = common.get("args") if isinstance(common, dict) else None
     if args is None or not hasattr(args, "sedd_graph"):
         raise CheckpointError(f"{where.path} was not saved by pretrain_sedd.py (no SEDD args)")
     return common
 
 
-def saved_tensor_keys(where: CheckpointIteration) -> set[str]:
-    """Keys of the tensors stored in a torch_dist iteration (read from its .metadata)."""
-    from torch.distributed.checkpoint import FileSystemReader
+def check_iteration(where: CheckpointIteration):
+    """Read the iteration's ``.metadata`` safely and check that every shard it lists exists
+    and is long enough; returns the metadata (CheckpointError naming the file otherwise)."""
+    return safety.check_dcp_dir(where.path)
 
-    try:
-        return set(FileSystemReader(str(where.path)).read_metadata().state_dict_metadata)
-    except Exception as err:
-        raise CheckpointError(f"cannot read {where.path / '.metadata'}: {err}") from err
+
+@contextmanager
+def safe_megatron_reads(path: Path) -> Iterator[None]:
+    """Megatron's reading of the checkpoint ``path`` with the ``safe_checkpoint_reads`` upstream
+    fix applied, every ``torch.load`` weights-only (see ``safety``) and torch's
+    CheckpointException (a BaseException) turned into a CheckpointError."""
+    from sedd_megatron.runtime.upstream_fixes import (  # lazy: the runtime imports torch
+        apply_upstream_fixes,
+    )
+
+    apply_upstream_fixes(["safe_checkpoint_reads"])
+    with safety.dcp_errors_as_checkpoint_errors(path), safety.weights_only_loads():
+        yield
+
+
+def saved_tensor_keys(where: CheckpointIteration) -> set[str]:
+    """Keys of the tensors stored in a torch_dist iteration (read safely from its .metadata)."""
+    return set(safety.read_metadata(where.path).state_dict_metadata)
 
 
 def has_ema_weights(where: CheckpointIteration) -> bool:
@@ -140,6 +171,7 @@ def read_plain_checkpoint(directory: str | Path) -> tuple[SEDDConfig, dict[str, 
         check_state_dict(state_dict, config)
     except CheckpointError as err:
         raise CheckpointError(f"{weights} vs {CONFIG_NAME}: {err}") from err
+    check_finite(state_dict, weights)
     return config, {k: v.to(torch.float32).contiguous() for k, v in state_dict.items()}
 
 
@@ -165,8 +197,9 @@ def _complete(where: CheckpointIteration, ckpt_dir: Path) -> CheckpointIteration
     if not where.path.is_dir():
         raise CheckpointError(f"{ckpt_dir} has no {where.path.name}{_available(ckpt_dir)}")
     if not _is_complete(where.path):
+        missing = [n for n in ("metadata.json", ".metadata") if not (where.path / n).is_file()]
         raise CheckpointError(
-            f"{where.path} is incomplete (no metadata.json or .metadata: an interrupted "
+            f"{where.path} is incomplete (no {' or '.join(missing)}: an interrupted "
             f"save?){_available(ckpt_dir)}"
         )
     return where

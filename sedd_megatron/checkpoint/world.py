@@ -1,6 +1,7 @@
 """The world a conversion needs, and rank-0-only writes that never leave ranks hanging."""
 
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,18 +48,49 @@ def on_rank0(fn):
     return box[0]
 
 
-def new_output_dir(path: str | Path) -> Path:
-    """``path`` as a Path, which must not exist yet (its parent is created)."""
+def new_output_dir(path: str | Path, source: str | Path | None = None) -> Path:
+    """``path`` as a Path for a new output directory, checked before any work: it must not
+    exist (nor be a dangling link), its nearest existing ancestor must be a writable directory
+    (missing parents are created only when the output is published), and it must not lie inside
+    ``source`` (the checkpoint being read). CheckpointError otherwise; nothing is left behind."""
+    if not str(path).strip():
+        raise CheckpointError("the output path is empty")
     target = Path(path)
-    if target.exists() or target.is_symlink():
-        raise CheckpointError(f"output {target} already exists (choose a new directory)")
+    if target.is_symlink() or target.exists():
+        kind = "a file" if target.is_file() else "a directory" if target.is_dir() else "a link"
+        raise CheckpointError(f"output {target} already exists ({kind}): choose a new directory")
+    ancestor = _nearest_existing(target)
+    if not ancestor.is_dir():
+        raise CheckpointError(f"cannot create output {target}: {ancestor} is not a directory")
+    try:  # a real probe: os.access says yes to root on read-only or special file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".sedd-write-probe.", dir=ancestor))
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot create output {target}: cannot write in {ancestor} ({err.strerror})"
+        ) from None
+    if source is not None:
+        inside, where = target.resolve(), Path(source).resolve()
+        if inside == where or where in inside.parents:
+            raise CheckpointError(
+                f"output {target} lies inside the source {source}: choose a directory outside it"
+            )
     return target
 
 
+def _nearest_existing(target: Path) -> Path:
+    """The closest of ``target``'s parents that exists (or is a link)."""
+    for parent in target.parents:
+        if parent.is_symlink() or parent.exists():
+            return parent
+    return Path.cwd()
+
+
 def staging_path(target: Path) -> Path:
-    """A hidden sibling of ``target`` (same file system, so a rename publishes it atomically);
-    the same name on every rank."""
-    return Path(on_rank0(lambda: str(atomic.temporary_sibling(target))))
+    """A hidden sibling of ``target``, in its nearest existing parent (same file system, so a
+    rename publishes it atomically); the same name on every rank."""
+    return Path(
+        on_rank0(lambda: str(atomic.temporary_sibling(_nearest_existing(target) / target.name)))
+    )
 
 
 @contextmanager
@@ -74,6 +106,7 @@ def published(staging: Path, target: Path):
 
 
 def _publish(staging: Path, target: Path) -> None:
-    if target.exists():
+    if target.is_symlink() or target.exists():
         raise CheckpointError(f"output {target} appeared while converting; left it untouched")
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, target)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 
 from sedd_megatron.atomic import atomic_open, atomic_write_text
+from sedd_megatron.datasets.checks import check_int, check_output_dir, check_output_file
 from sedd_megatron.datasets.corpus_sources import (
     DEFAULT_TRAIN_SOURCES,
     SOURCES,
@@ -69,6 +70,34 @@ def check_sources(sources: Sequence[str]) -> None:
         raise DataError(
             f"sources must include 'ptb', once each, from {', '.join(SOURCES)}; got {list(sources)}"
         )
+
+
+def check_corpus_settings(
+    out_dir,
+    *,
+    sources: Sequence[str] = DEFAULT_TRAIN_SOURCES,
+    max_train_bytes: int | None = None,
+    workers: int = 1,
+    names: dict | None = None,
+) -> None:
+    """Every setting of :func:`build_corpus`, before any work: known sources (with ptb),
+    ``max_train_bytes`` positive (or None: no cap), ``workers`` positive, and ``out_dir`` a
+    writable directory or one that can be created. ``names`` maps a keyword to how it is shown
+    (the tool passes its flags)."""
+    names = names or {}
+    check_sources(sources)
+    check_int(max_train_bytes, names.get("max_train_bytes", "max_train_bytes"), optional=True)
+    check_int(workers, names.get("workers", "workers"))
+    check_output_dir(out_dir, names.get("out_dir", "out_dir"))
+    if not os.path.isdir(out_dir):
+        return  # created by the build
+    for sub in ("raw", "text"):
+        path = os.path.join(out_dir, sub)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise DataError(f"{path} is in the way: the corpus needs a directory there")
+    for split in SPLITS:
+        for ext in (".bin", ".idx"):
+            check_output_file(os.path.join(out_dir, f"{split}{ext}"), "corpus output")
 
 
 def collect_documents(
@@ -138,8 +167,11 @@ def build_corpus(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Build (or reuse) the corpus in ``out_dir``; returns the manifest."""
-    check_sources(sources)
+    """Build (or reuse) the corpus in ``out_dir``; returns the manifest. Settings are checked
+    first (:func:`check_corpus_settings`)."""
+    check_corpus_settings(
+        out_dir, sources=sources, max_train_bytes=max_train_bytes, workers=workers
+    )
     tokenizer = tokenizer or build_tokenizer("gpt2")
     settings = build_settings(sources, max_train_bytes, tokenizer)
     if not force and is_built(out_dir, settings):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
+from sedd_megatron.errors import DataError
+
 # The GPT-2 pre-tokenizer: contractions, letter runs, digit runs, other symbols, whitespace.
 PRETOKENIZE_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -54,19 +56,80 @@ def _merge_word(word: tuple[str, ...], ranks: dict[tuple[str, str], int]) -> tup
     return word
 
 
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{what} {path} is not UTF-8 text (byte {err.start}): not a {what}"
+        ) from None
+    except OSError as err:
+        raise DataError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def read_encoder(path: str) -> dict[str, int]:
+    """The GPT-2 ``encoder.json`` at ``path``: a JSON object mapping every token to its id, the
+    ids 0 .. N-1 once each, the 256 byte symbols included; DataError naming the file if not."""
+    what = "GPT-2 vocab file (encoder.json)"
+    text = _read_text(path, what)
+    try:
+        encoder = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}, column "
+            f"{err.colno})"
+        ) from None
+    if not isinstance(encoder, dict) or not encoder:
+        raise DataError(f"{what} {path} must be a non-empty JSON object of token -> id")
+    ids = list(encoder.values())
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise DataError(f"{what} {path}: every id must be an integer")
+    if sorted(ids) != list(range(len(ids))):
+        raise DataError(f"{what} {path}: the ids must be 0 .. {len(ids) - 1}, each once")
+    missing = [c for c in byte_to_unicode().values() if c not in encoder]
+    if missing:
+        raise DataError(
+            f"{what} {path} lacks {len(missing)} of the 256 byte tokens (e.g. {missing[0]!r}): "
+            "not a byte-level BPE vocabulary"
+        )
+    return encoder
+
+
+def read_merges(path: str, encoder: dict[str, int]) -> dict[tuple[str, str], int]:
+    """The BPE merges (``vocab.bpe``/``merges.txt``) at ``path`` as pair -> rank (its line
+    number among the merges): every line but a ``#version`` header and blank lines is two
+    symbols whose merge is in ``encoder``. (Merges such as ``# #`` are merges, not comments.)"""
+    what = "GPT-2 merges file (vocab.bpe)"
+    ranks: dict[tuple[str, str], int] = {}
+    rank = 0
+    for lineno, line in enumerate(_read_text(path, what).split("\n"), start=1):
+        if not line.strip() or (lineno == 1 and line.startswith("#version")):
+            continue  # the header; later lines starting with "#" are merges of "#" symbols
+        pair = tuple(line.split())
+        if len(pair) != 2:
+            raise DataError(f"{path}:{lineno}: a {what} line is two symbols, got {line[:60]!r}")
+        if pair[0] + pair[1] not in encoder:
+            raise DataError(
+                f"{path}:{lineno}: merge {line.strip()[:60]!r} gives a token that is not in the "
+                "vocab file (the vocab and merges files do not belong together)"
+            )
+        ranks[pair] = rank
+        rank += 1
+    if not ranks:
+        raise DataError(f"{what} {path} holds no merges")
+    return ranks
+
+
 class GPT2BPE:
     """Byte-level BPE with GPT-2's pre-tokenizer. ``encode``/``decode`` work on ids."""
 
     def __init__(self, vocab_file: str, merges_file: str) -> None:
         import regex
 
-        with open(vocab_file, encoding="utf-8") as f:
-            self.encoder: dict[str, int] = json.load(f)
+        self.encoder = read_encoder(vocab_file)
         self.decoder = {i: tok for tok, i in self.encoder.items()}
-        with open(merges_file, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#")]
-        self.ranks = {pair: rank for rank, pair in enumerate(merges) if len(pair) == 2}
+        self.ranks = read_merges(merges_file, self.encoder)
         self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.pattern = regex.compile(PRETOKENIZE_PATTERN)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy
 
 from sedd_megatron.atomic import atomic_path
+from sedd_megatron.datasets.checks import check_encoding, check_int, check_output_file
 from sedd_megatron.datasets.tokenizers import TextTokenizer
 from sedd_megatron.errors import DataError
 
@@ -81,8 +82,12 @@ def _json_docs(line: str, json_keys: Sequence[str], where: str) -> Iterator[Doc]
         yield Doc(key, record[key], where)
 
 
-def check_inputs(inputs: Sequence[str], output_prefix: str) -> None:
-    """Fail early on a missing or empty input or a missing output directory."""
+def check_inputs(
+    inputs: Sequence[str], output_prefix: str, json_keys: Sequence[str] | None = None
+) -> None:
+    """Fail early on a missing, unreadable or empty input, or outputs that cannot be written
+    (a missing or read-only directory, a directory in the way of ``PREFIX.bin``/``.idx``, an
+    output that is also an input)."""
     if not inputs:
         raise DataError("no input files given")
     for path in inputs:
@@ -90,11 +95,43 @@ def check_inputs(inputs: Sequence[str], output_prefix: str) -> None:
             raise DataError(f"input file not found: {path}")
         if not os.path.isfile(path):
             raise DataError(f"input is not a regular file: {path}")
+        if not os.access(path, os.R_OK):
+            raise DataError(f"no permission to read input file {path}")
         if os.path.getsize(path) == 0:
             raise DataError(f"input file is empty: {path}")
+    if not output_prefix or output_prefix.endswith(("/", os.sep)):
+        raise DataError(f"output prefix {output_prefix!r} must name files (PREFIX.bin/.idx)")
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     if not os.path.isdir(out_dir):
         raise DataError(f"output directory does not exist: {out_dir} (for {output_prefix})")
+    keys = list(json_keys or ["text"])
+    prefixes = [output_prefix] if len(keys) == 1 else [f"{output_prefix}_{k}" for k in keys]
+    sources = {os.path.realpath(p) for p in inputs}
+    for prefix in prefixes:
+        for path in (f"{prefix}.bin", f"{prefix}.idx"):
+            check_output_file(path, "output", error=DataError)
+            if os.path.realpath(path) in sources:
+                raise DataError(f"output {path} is also an input file")
+
+
+def check_preprocess_settings(
+    *,
+    workers: int = 1,
+    encoding: str = "utf-8",
+    json_keys: Sequence[str] | None = None,
+    names: dict | None = None,
+) -> None:
+    """``workers`` positive, ``encoding`` a known codec, ``json_keys`` non-empty distinct
+    strings. ``names`` maps a keyword to how it is shown (the tool passes its flags)."""
+    names = names or {}
+    check_int(workers, names.get("workers", "workers"))
+    check_encoding(encoding, names.get("encoding", "encoding"))
+    if json_keys is not None:
+        flag = names.get("json_keys", "json_keys")
+        if not json_keys or not all(isinstance(k, str) and k for k in json_keys):
+            raise DataError(f"{flag}: give one or more non-empty JSON keys")
+        if len(set(json_keys)) != len(json_keys):
+            raise DataError(f"{flag}: a key is named twice: {list(json_keys)}")
 
 
 _WORKER_TOKENIZER: TextTokenizer | None = None
@@ -133,7 +170,8 @@ def preprocess(
     are skipped. ``workers`` > 1 tokenizes in that many processes; the output is identical."""
     inputs = [os.fspath(p) for p in inputs]
     output_prefix = os.fspath(output_prefix)
-    check_inputs(inputs, output_prefix)
+    check_preprocess_settings(workers=workers, encoding=encoding, json_keys=json_keys)
+    check_inputs(inputs, output_prefix, json_keys)
     is_json = [bool(json_keys) or p.lower().endswith(JSON_SUFFIXES) for p in inputs]
     keys = list(json_keys or ["text"]) if any(is_json) else ["text"]
     if any(is_json) and not all(is_json) and keys != ["text"]:

@@ -5,6 +5,10 @@ A diffusion LM denoises whole windows, so samples are unshifted (``add_extra_tok
 no labels, attention mask, loss mask or position ids. Blends, splits, weights and the index cache
 (``path_to_cache`` / ``--data-cache-path``) are Megatron's.
 
+:func:`check_token_ids` refuses an indexed dataset whose token ids do not fit the vocabulary
+before anything is built (otherwise the embedding fails mid-run, after Megatron has written its
+index cache).
+
 Two entry points:
 
 - :func:`build_sedd_datasets`: explicit parameters, no Megatron ``args`` (tests, scripts).
@@ -14,11 +18,15 @@ Two entry points:
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Callable, Sequence
 
+import numpy
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.indexed_dataset import DType
 from megatron.core.datasets.utils import get_blend_from_list
 
 from sedd_megatron.errors import DataError
@@ -202,6 +210,54 @@ def get_batch_tokens(data_iterator, micro_batch_size: int, seq_length: int) -> t
         tokens, ps.get_tensor_model_parallel_src_rank(), group=ps.get_tensor_model_parallel_group()
     )
     return tokens
+
+
+_IDX_MAGIC = b"MMIDIDX\x00\x00"  # Megatron's .idx header, then version <Q (1), dtype code <B
+
+
+def index_dtype(prefix: str) -> numpy.dtype:
+    """The token dtype that ``{prefix}.idx`` declares for ``{prefix}.bin``."""
+    path = prefix + ".idx"
+    with open(path, "rb") as f:
+        head = f.read(len(_IDX_MAGIC) + 9)
+    if len(head) < len(_IDX_MAGIC) + 9 or not head.startswith(_IDX_MAGIC):
+        raise DataError(f"{path}: not a Megatron indexed dataset index (bad header)")
+    version, code = struct.unpack("<QB", head[len(_IDX_MAGIC) :])
+    try:
+        if version != 1:
+            raise ValueError(version)
+        return numpy.dtype(DType.dtype_from_code(code))
+    except (ValueError, KeyError) as err:
+        raise DataError(f"{path}: unknown index version {version} or dtype code {code}") from err
+
+
+def check_token_ids(prefix: str, vocab_size: int, chunk: int = 1 << 24) -> None:
+    """Every token id of ``{prefix}.bin`` must lie in ``[0, vocab_size)`` (DataError if not).
+
+    Reads the .bin through a memory map, ``chunk`` ids at a time (about a second per GB from
+    the page cache); nothing is read when the .idx dtype cannot hold an id that large.
+    """
+    dtype = index_dtype(prefix)
+    info = numpy.iinfo(dtype)
+    if info.min >= 0 and info.max < vocab_size:
+        return
+    path = prefix + ".bin"
+    size = os.path.getsize(path)
+    if size % dtype.itemsize:
+        raise DataError(f"{path}: {size} bytes is not a whole number of {dtype.name} token ids")
+    if size == 0:
+        return
+    ids = numpy.memmap(path, dtype=dtype, mode="r")
+    for start in range(0, len(ids), chunk):
+        block = ids[start : start + chunk]
+        if block.max() < vocab_size and (info.min >= 0 or block.min() >= 0):
+            continue
+        offset = int(numpy.flatnonzero((block >= vocab_size) | (block < 0))[0])
+        raise DataError(
+            f"data prefix {prefix!r}: token id {int(block[offset])} (token {start + offset} of "
+            f"{path}) is outside the vocabulary of {vocab_size} ids: the data was tokenized for "
+            "another vocabulary (check --tokenizer-type / --vocab-size)"
+        )
 
 
 def _flatten(blend) -> list[str] | None:

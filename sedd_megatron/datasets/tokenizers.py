@@ -26,6 +26,8 @@ from sedd_megatron.errors import DataError
 
 KINDS = ("gpt2", "sentencepiece", "huggingface")
 GPT2_EOS = "<|endoftext|>"
+#: A Hugging Face tokenizer directory holds at least one of these.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 _EOS_CANDIDATES = (GPT2_EOS, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
 
 
@@ -102,11 +104,22 @@ class SentencePieceTokenizer(TextTokenizer):
     kind = "sentencepiece"
 
     def __init__(self, model_file: str, eos_token: str | None = None) -> None:
+        _require_files(model_file)
+        if importlib.util.find_spec("sentencepiece") is None:
+            raise DataError(
+                "tokenizer kind 'sentencepiece' needs the package: `pip install sentencepiece`"
+            )
         import sentencepiece
 
-        _require_files(model_file)
         self.spec = {"model_file": str(model_file), "eos_token": eos_token}
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        except (RuntimeError, OSError, ValueError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise DataError(
+                f"sentencepiece model {model_file} cannot be read ({reason}): not a "
+                "sentencepiece .model file?"
+            ) from None
         self.vocab_size = self.sp.get_piece_size()
         eos = self.sp.piece_to_id(eos_token) if eos_token else self.sp.eos_id()
         if eos is None or eos < 0 or (eos_token and self.sp.id_to_piece(eos) != eos_token):
@@ -129,12 +142,22 @@ class HuggingFaceTokenizer(TextTokenizer):
     def __init__(self, path: str, eos_token: str | None = None) -> None:
         if not os.path.isdir(path):
             raise DataError(f"Hugging Face tokenizer directory not found: {path}")
+        if not any(os.path.isfile(os.path.join(path, f)) for f in HF_TOKENIZER_FILES):
+            raise DataError(
+                f"{path} is not a Hugging Face tokenizer directory (none of "
+                f"{', '.join(HF_TOKENIZER_FILES)})"
+            )
         self.spec = {"path": str(path), "eos_token": eos_token}
         has_json = os.path.isfile(os.path.join(path, "tokenizer.json"))
         if has_json and importlib.util.find_spec("tokenizers") is not None:
             from tokenizers import Tokenizer
 
-            self.tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+            json_file = os.path.join(path, "tokenizer.json")
+            try:
+                self.tok = Tokenizer.from_file(json_file)
+            except Exception as err:  # noqa: BLE001 - tokenizers raises its own Exception
+                reason = " ".join(str(err).split())[:200]
+                raise DataError(f"cannot read the tokenizer file {json_file}: {reason}") from None
             self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
             self._fast = True
             vocab = self.tok.get_vocab(with_added_tokens=True)
@@ -142,7 +165,13 @@ class HuggingFaceTokenizer(TextTokenizer):
         elif importlib.util.find_spec("transformers") is not None:
             from transformers import AutoTokenizer
 
-            self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            try:
+                self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                reason = " ".join(str(err).split())[:200]
+                raise DataError(
+                    f"no Hugging Face tokenizer could be loaded from {path}: {reason}"
+                ) from None
             self.vocab_size = len(self.tok)
             self._fast = False
             vocab = self.tok.get_vocab()
@@ -246,8 +275,47 @@ def add_tokenizer_args(parser) -> None:
     group.add_argument("--eos-token", help="end-of-document token (sentencepiece/huggingface)")
 
 
+def check_tokenizer_args(args) -> None:
+    """Check :func:`add_tokenizer_args`'s flags without reading any file: each file flag
+    belongs to the chosen ``--tokenizer`` kind, and the files it names exist."""
+    kind = args.tokenizer
+    if kind not in KINDS:
+        raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    gpt2_files = {"--vocab-file": args.vocab_file, "--merge-file": args.merge_file}
+    if kind == "gpt2":
+        if args.tokenizer_model:
+            raise DataError("--tokenizer-model is for --tokenizer sentencepiece/huggingface")
+        if args.eos_token:
+            raise DataError("--eos-token is for --tokenizer sentencepiece/huggingface")
+        given = [flag for flag, value in gpt2_files.items() if value]
+        if len(given) == 1:
+            raise DataError(
+                "GPT-2 BPE needs both --vocab-file (encoder.json) and --merge-file (vocab.bpe)"
+            )
+        for flag, value in gpt2_files.items():
+            if value and not os.path.isfile(value):
+                raise DataError(f"{flag}: tokenizer file not found: {value}")
+        return
+    for flag, value in gpt2_files.items():
+        if value:
+            raise DataError(f"{flag} is for --tokenizer gpt2 (use --tokenizer-model)")
+    if not args.tokenizer_model:
+        what = "a sentencepiece .model file" if kind == "sentencepiece" else "a directory"
+        raise DataError(f"--tokenizer {kind} needs --tokenizer-model ({what})")
+    if kind == "sentencepiece" and not os.path.isfile(args.tokenizer_model):
+        raise DataError(f"--tokenizer-model: sentencepiece model not found: {args.tokenizer_model}")
+    if kind == "huggingface" and not os.path.isdir(args.tokenizer_model):
+        raise DataError(
+            f"--tokenizer-model: Hugging Face tokenizer directory not found: "
+            f"{args.tokenizer_model}"
+        )
+
+
 def tokenizer_from_args(args) -> TextTokenizer:
-    """Build the tokenizer named by :func:`add_tokenizer_args`'s flags."""
+    """Build the tokenizer named by :func:`add_tokenizer_args`'s flags (checked first with
+    :func:`check_tokenizer_args`); a file that is not what it should be is a DataError naming
+    it."""
+    check_tokenizer_args(args)
     return build_tokenizer(
         args.tokenizer,
         vocab_file=args.vocab_file,

@@ -106,6 +106,27 @@ def _at_column(w: torch.Tensor, x: torch.Tensor, start: int):
     return inside.nonzero().squeeze(-1), local[inside]
 
 
+class SamplerAffine(NamedTuple):
+    """The weights of one reverse draw as an affine function of the scores, per token row r
+    (every field an (R,) tensor: float64, ``special`` int64):
+
+        w_y = (scale_r s_y + shift_r) gain_r                              y != special_r
+        w_y = (special_scale_r s_y + special_shift_r) special_gain_r      y == special_r
+
+    with s = exp(log-score) and ``special_r`` a global column (-1: none). Evaluated in this
+    order it gives ``sampler_weights`` bit for bit; the fused sampler step evaluates it column
+    by column without materialising the weights.
+    """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    gain: torch.Tensor
+    special: torch.Tensor
+    special_scale: torch.Tensor
+    special_shift: torch.Tensor
+    special_gain: torch.Tensor
+
+
 class Graph(ABC):
     """The forward process of one graph. Everything that differs between graphs is a method or
     class attribute here (abstract in this base), so that code outside ``sedd_megatron.diffusion``
@@ -192,6 +213,11 @@ class Graph(ABC):
         tokens with ids x (R,), scores s = exp(log-score) (R, C) float64 and the full-vocabulary
         sums ``total`` (R,) float64 (see ``sedd_megatron.sampling.weights``). ``kind`` is
         "euler" (coefficient ``coef``), "analytic" or "denoise" (exponent ``exponent``)."""
+
+    @abstractmethod
+    def sampler_affine(self, x, total, kind: str, coef=0.0, exponent=0.0) -> SamplerAffine:
+        """``sampler_weights`` of tokens x (R,) with sums ``total`` (R,) float64 in the affine
+        form of :class:`SamplerAffine` (the same values, bit for bit, on any columns)."""
 
     @abstractmethod
     def log_integrand_scale(self, sigma, dsigma, k, length: int):
@@ -310,7 +336,7 @@ class Absorbing(Graph):
     def sampler_weights(self, s, x, start: int, total, kind: str, coef=0.0, exponent=0.0):
         """At x = MASK, with c = coef (Euler) or e^exponent - 1: w_y = c s_y for y != MASK,
         w_MASK = 1 - c total (the denoiser has no MASK column); at x != MASK, w = onehot(x)."""
-        c = coef if kind == "euler" else torch.expm1(torch.tensor(exponent))
+        c = self._coefficient(kind, coef, exponent)
         w = c * s
         mask_col = self.mask_id - start
         if kind != "denoise" and 0 <= mask_col < w.shape[-1]:
@@ -320,6 +346,33 @@ class Absorbing(Graph):
         rows, cols = _at_column(w, torch.where(stay, x, -1), start)
         w[rows, cols] = 1.0
         return w
+
+    @staticmethod
+    def _coefficient(kind: str, coef: float, exponent: float):
+        """c of ``sampler_weights``: ``coef`` (Euler) or e^exponent - 1 (computed in float32,
+        as the sampler always has: tests/sampling's tolerances against the reference's float32
+        coefficients assume it)."""
+        if kind == "euler":
+            return coef
+        return torch.expm1(torch.tensor(exponent))
+
+    def sampler_affine(self, x, total, kind: str, coef=0.0, exponent=0.0) -> SamplerAffine:
+        """At x = MASK: scale c, special column MASK (none for the denoiser) with the constant
+        1 - c total. At x != MASK: scale 0, special column x with the constant 1 (one-hot)."""
+        c = float(self._coefficient(kind, coef, exponent))
+        masked = x == self.mask_id
+        zero = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        one = torch.ones_like(zero)
+        special = torch.where(masked, self.mask_id if kind != "denoise" else -1, x)
+        return SamplerAffine(
+            scale=torch.where(masked, c, zero),
+            shift=zero,
+            gain=one,
+            special=special,
+            special_scale=zero,
+            special_shift=torch.where(masked, 1 - c * total.double(), one),
+            special_gain=one,
+        )
 
     def log_integrand_scale(self, sigma, dsigma, k, length: int):
         """log(k sigma' / (e^sigma - 1)) = log(k d/dt log q(t)), q(t) = 1 - e^{-sigma}: the
@@ -438,6 +491,24 @@ class Uniform(Graph):
         w = stag * (-torch.expm1(-d) / n)
         w[rows, cols] = stag[rows, cols] * (-torch.expm1(-d) / n + torch.exp(-d))
         return w
+
+    def sampler_affine(self, x, total, kind: str, coef=0.0, exponent=0.0) -> SamplerAffine:
+        """Special column x. Euler: scale c / N, constant 1 - (c / N)(total - 1) at x.
+        Analytic / denoiser: scale e^d and shift -(e^d - 1) total / N everywhere (the staggered
+        score), gain (1 - e^-d) / N, plus e^-d at x."""
+        n = self.dim
+        total = total.double()
+        zero = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        one = torch.ones_like(zero)
+        if kind == "euler":
+            a = coef / n
+            return SamplerAffine(a + zero, zero, one, x, zero, 1 - a * (total - 1), one)
+        d = torch.tensor(exponent, dtype=torch.float64)
+        shift = -((torch.expm1(d) / n) * total)
+        gain = float(-torch.expm1(-d) / n)
+        special_gain = float(-torch.expm1(-d) / n + torch.exp(-d))
+        scale = float(d.exp()) + zero
+        return SamplerAffine(scale, shift, gain + zero, x, scale, shift, special_gain + zero)
 
     def log_integrand_scale(self, sigma, dsigma, k, length: int):
         """log(sigma' (L + k log(N) / (e^sigma - 1))): a base term per position plus a term per

@@ -2,34 +2,51 @@
 intervals, variance-reduced t-designs) and sample quality (generative perplexity under a local
 causal LM, unigram entropy, MAUVE).
 
-Importing this package imports neither Megatron nor transformers.
+Importing this package imports neither torch, Megatron nor transformers: the names below
+load their module on first use (:mod:`.settings`, the checks of settings, is loaded at once).
 """
 
+from sedd_megatron._lazy import lazy_exports
 from sedd_megatron.errors import EvalError
 
-from .data import EvalData, iter_documents, load_eval_data, make_blocks
-from .designs import (
-    DESIGNS,
-    CountImportanceDesign,
-    MonteCarloDesign,
-    StratifiedDesign,
-    build_design,
-)
-from .detokenize import ptb_detokenize
-from .draws import BlockDraws, block_generator, perturb
-from .estimator import evaluate_blocks, evaluate_draws, gather_blocks
-from .gen_ppl import (
-    CausalLM,
-    gen_ppl_report,
-    generative_perplexity,
-    load_causal_lm,
-    mauve_score,
-    read_samples,
-    unigram_entropy,
-)
-from .plots import plot_gen_ppl_vs_steps, plot_integrand
-from .report import ElboResult, compare_designs, elbo_report, evaluate_elbo, open_eval_model
-from .stats import combine_replicates, elbo_summary, integrand_curve
+from .settings import DESIGNS, check_elbo_settings, check_eval_data, default_replicates
+
+_LAZY = {  # these modules import torch (or matplotlib/transformers on use)
+    "EvalData": "data",
+    "iter_documents": "data",
+    "load_eval_data": "data",
+    "make_blocks": "data",
+    "CountImportanceDesign": "designs",
+    "MonteCarloDesign": "designs",
+    "StratifiedDesign": "designs",
+    "build_design": "designs",
+    "ptb_detokenize": "detokenize",
+    "BlockDraws": "draws",
+    "block_generator": "draws",
+    "perturb": "draws",
+    "evaluate_blocks": "estimator",
+    "evaluate_draws": "estimator",
+    "gather_blocks": "estimator",
+    "CausalLM": "gen_ppl",
+    "gen_ppl_report": "gen_ppl",
+    "generative_perplexity": "gen_ppl",
+    "load_causal_lm": "gen_ppl",
+    "mauve_score": "gen_ppl",
+    "read_samples": "samples",
+    "read_texts": "samples",
+    "unigram_entropy": "gen_ppl",
+    "plot_gen_ppl_vs_steps": "plots",
+    "plot_integrand": "plots",
+    "ElboResult": "report",
+    "compare_designs": "report",
+    "elbo_report": "report",
+    "evaluate_elbo": "report",
+    "open_eval_model": "report",
+    "combine_replicates": "stats",
+    "elbo_summary": "stats",
+    "integrand_curve": "stats",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "BlockDraws",
@@ -43,8 +60,11 @@ __all__ = [
     "StratifiedDesign",
     "block_generator",
     "build_design",
+    "check_elbo_settings",
+    "check_eval_data",
     "combine_replicates",
     "compare_designs",
+    "default_replicates",
     "elbo_report",
     "elbo_summary",
     "evaluate_blocks",
@@ -65,5 +85,6 @@ __all__ = [
     "plot_integrand",
     "ptb_detokenize",
     "read_samples",
+    "read_texts",
     "unigram_entropy",
 ]

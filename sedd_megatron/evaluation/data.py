@@ -24,10 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sedd_megatron.datasets.checks import check_int
 from sedd_megatron.datasets.corpus_sources import ptb_documents, ptb_splits
+from sedd_megatron.datasets.indexed import check_token_ids, read_tokens
+from sedd_megatron.datasets.indexed import is_indexed_prefix as is_indexed_prefix
 from sedd_megatron.datasets.tokenizers import build_tokenizer
 from sedd_megatron.errors import DataError, EvalError
 from sedd_megatron.evaluation.detokenize import ptb_detokenize
+from sedd_megatron.evaluation.settings import check_eval_data
 
 PTB_SPLITS = ("test", "valid", "train")
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
@@ -60,10 +64,6 @@ class EvalData:
             "blocks": self.num_blocks,
             "seq_length": self.seq_length,
         }
-
-
-def is_indexed_prefix(path: str) -> bool:
-    return os.path.isfile(f"{path}.bin") and os.path.isfile(f"{path}.idx")
 
 
 def iter_documents(
@@ -164,17 +164,25 @@ def load_eval_data(
     Reading stops once ``max_blocks`` blocks are complete. ``vocab_size``: the model's data
     vocabulary; a token id at or above it is an error.
     """
-    if seq_length <= 0:
-        raise EvalError(f"seq_length must be positive, got {seq_length}")
-    if max_blocks is not None and max_blocks <= 0:
-        raise EvalError(f"max_blocks must be positive, got {max_blocks}")
+    check_int(seq_length, "seq_length", error=EvalError)
+    check_int(max_blocks, "max_blocks", optional=True, error=EvalError)
+    check_eval_data(data, json_key=json_key, detokenizer=detokenizer)
     need = None if max_blocks is None else max_blocks * seq_length
     if not data.startswith("ptb-") and is_indexed_prefix(data):
-        stream, documents = _indexed_tokens(data, need)
+        if vocab_size is not None:  # before reading: a mismatched dataset fails at once
+            check_token_ids(data, vocab_size, need, error=EvalError)
+        stream, documents = read_tokens(data, need, error=EvalError)
         source = f"indexed:{data}"
     else:
         if tokenizer is None:
             tokenizer = build_tokenizer("gpt2")
+        tokens = getattr(tokenizer, "vocab_size", None)
+        if vocab_size is not None and tokens is not None and tokens > vocab_size:
+            raise EvalError(
+                f"the tokenizer for {data!r} has {tokens} tokens, more than the model's "
+                f"vocabulary of {vocab_size}: its ids would fall outside it (evaluate "
+                "pre-tokenized data, an indexed dataset prefix, made with the model's tokenizer)"
+            )
         stream, documents = _tokenize(
             iter_documents(data, json_key=json_key, per_line=per_line, detokenizer=detokenizer),
             tokenizer,
@@ -209,25 +217,6 @@ def _tokenize(docs: Iterator[str], tokenizer, need: int | None) -> tuple[np.ndar
         ids.append(tokenizer.eos_id)
         parts.append(np.asarray(ids, dtype=np.int64))
         total += len(ids)
-        documents += 1
-        if need is not None and total >= need:
-            break
-    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return stream, documents
-
-
-def _indexed_tokens(prefix: str, need: int | None) -> tuple[np.ndarray, int]:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    try:
-        dataset = IndexedDataset(prefix, mmap=True)
-    except Exception as err:  # noqa: BLE001 - Megatron raises assorted errors for bad files
-        raise EvalError(f"cannot read indexed dataset {prefix!r}: {err}") from None
-    parts, total, documents = [], 0, 0
-    for i in range(len(dataset)):
-        seq = np.asarray(dataset.get(i), dtype=np.int64)
-        parts.append(seq)
-        total += len(seq)
         documents += 1
         if need is not None and total >= need:
             break

@@ -41,7 +41,17 @@ from dataclasses import dataclass
 
 import torch
 
-DESIGNS = ("mc", "stratified", "importance")
+from sedd_megatron.evaluation.settings import DESIGNS, check_design, default_replicates
+
+__all__ = [
+    "DESIGNS",
+    "CountImportanceDesign",
+    "Design",
+    "Draws",
+    "MonteCarloDesign",
+    "StratifiedDesign",
+    "build_design",
+]
 
 
 @dataclass
@@ -225,19 +235,17 @@ def build_design(
 ) -> Design:
     """A design with ``num_samples`` model evaluations per block.
 
-    ``replicates`` (stratified/importance; default 10, or fewer if num_samples is small):
-    independent groups of num_samples / replicates points; it must divide num_samples.
+    ``replicates`` (stratified/importance; default 10, else 8, 5, 4, 2 or the smallest divisor
+    of num_samples): independent groups of num_samples / replicates points; it must divide
+    num_samples. Every block gets at least two replicate estimates (mc: num_samples >= 2), so
+    that its Monte-Carlo variance can be estimated: :func:`~.settings.check_design`
+    (:class:`~sedd_megatron.errors.EvalError`, a ValueError, otherwise).
     """
-    if name not in DESIGNS:
-        raise ValueError(f"unknown t-design {name!r} (expected one of {DESIGNS})")
-    if num_samples < 1:
-        raise ValueError(f"num_t_samples must be positive, got {num_samples}")
+    check_design(name, num_samples, replicates)
     if name == "mc":
         return MonteCarloDesign(num_samples, eps)
     if replicates is None:
-        replicates = next(r for r in (10, 8, 5, 4, 2, 1) if num_samples % r == 0)
-    if replicates < 1 or num_samples % replicates:
-        raise ValueError(f"replicates ({replicates}) must divide num_t_samples ({num_samples})")
+        replicates = default_replicates(num_samples)
     points = num_samples // replicates
     if name == "stratified":
         return StratifiedDesign(replicates, points, eps)

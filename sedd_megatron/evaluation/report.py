@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,12 +26,18 @@ import torch
 
 from sedd_megatron.atomic import atomic_open
 from sedd_megatron.checkpoint import open_model
+from sedd_megatron.datasets.checks import check_output_file
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.data import load_eval_data
 from sedd_megatron.evaluation.designs import Design, build_design
 from sedd_megatron.evaluation.draws import BlockDraws
 from sedd_megatron.evaluation.estimator import evaluate_blocks, gather_blocks
 from sedd_megatron.evaluation.plots import plot_integrand
+from sedd_megatron.evaluation.settings import (
+    MIN_REPLICATES,
+    check_elbo_settings,
+    check_eval_data,
+)
 from sedd_megatron.evaluation.stats import elbo_summary, integrand_curve
 
 
@@ -42,6 +49,7 @@ class ElboResult:
     seq_length: int
     settings: dict = field(default_factory=dict)
     level: float = 0.95
+    seconds: float | None = None  # wall time of the evaluation (all ranks, gathered)
 
     def summary(self) -> dict:
         """nats/token, bits/token, perplexity bound, CI (Monte-Carlo error, data held fixed):
@@ -54,6 +62,7 @@ class ElboResult:
         doc = {
             "settings": self.settings,
             "result": self.summary(),
+            "timing": self.timing(),
             "blocks": [b.to_dict(draws) for b in self.blocks],
         }
         if path is not None:
@@ -61,6 +70,12 @@ class ElboResult:
                 json.dump(doc, f, indent=1, default=_jsonable)
                 f.write("\n")
         return doc
+
+    def timing(self) -> dict:
+        """Wall seconds and model evaluations per second (every rank's evaluations)."""
+        evaluations = sum(int(b.loss.size) for b in self.blocks)
+        rate = evaluations / self.seconds if self.seconds else None
+        return {"seconds": self.seconds, "evaluations_per_second": rate}
 
     def integrand_curve(self, bins: int = 24) -> dict:
         """The binned integrand over t: :func:`~sedd_megatron.evaluation.stats.integrand_curve`."""
@@ -95,6 +110,20 @@ def evaluate_elbo(
 ) -> ElboResult:
     """The ELBO of ``blocks`` (n, L) under ``model`` (a ScoreModel), data parallel over blocks
     if the model has dp_size > 1; every rank returns the full result."""
+    named = isinstance(design, str)  # else a Design: its own counts are checked below
+    check_elbo_settings(
+        num_t_samples=num_t_samples if named else MIN_REPLICATES,
+        design=design if named else "mc",
+        replicates=replicates if named else None,
+        t_eps=t_eps,
+        batch_size=batch_size,
+        level=level,
+    )
+    if not named and design.replicates < MIN_REPLICATES:
+        raise EvalError(
+            f"design {design.name!r} has {design.replicates} replicate(s) per block; the "
+            f"confidence interval needs >= {MIN_REPLICATES}"
+        )
     if blocks.ndim != 2 or blocks.shape[0] == 0:
         raise EvalError(
             f"expected a non-empty (blocks, seq_length) tensor, got {tuple(blocks.shape)}"
@@ -121,10 +150,12 @@ def evaluate_elbo(
     show = progress and (
         not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     )
+    start = time.perf_counter()
     local = evaluate_blocks(
         model, blocks, design, seed=seed, batch_size=batch_size, block_ids=ids, progress=show
     )
-    results = gather_blocks(local)
+    results = gather_blocks(local)  # the results are on the host: the device work is done
+    seconds = time.perf_counter() - start
     settings = {
         **design.describe(),
         "num_t_samples": design.evaluations,
@@ -135,7 +166,7 @@ def evaluate_elbo(
         "noise": repr(model.noise),
         "model": getattr(model, "description", {}),
     }
-    return ElboResult(results, int(blocks.shape[1]), settings, level)
+    return ElboResult(results, int(blocks.shape[1]), settings, level, seconds)
 
 
 def compare_designs(
@@ -154,6 +185,8 @@ def compare_designs(
     ``designs``: name -> keyword arguments of :func:`evaluate_elbo` (design, num_t_samples,
     replicates, t_eps).
     """
+    if not designs:
+        raise EvalError("compare_designs needs at least one design")
     rows = {}
     for name, kwargs in designs.items():
         result = evaluate_elbo(
@@ -226,6 +259,21 @@ def elbo_report(
     :func:`compare_designs` instead; returns (and writes to ``json_path``) ``{"data": ...,
     "designs": {name: row}}``.
     """
+    check_elbo_settings(
+        num_t_samples=num_t_samples,
+        design=design,
+        replicates=replicates,
+        t_eps=t_eps,
+        batch_size=batch_size,
+        level=level,
+        seq_length=seq_length,
+        max_blocks=max_blocks,
+        compare=compare,
+    )
+    check_eval_data(data, json_key=json_key, detokenizer=detokenizer)
+    for path, what in ((json_path, "json_path"), (plot_path, "plot_path")):
+        if path is not None:
+            check_output_file(path, what, error=EvalError)
     if isinstance(model, (str, os.PathLike)):
         model = open_eval_model(
             model, backend=backend, iteration=iteration, use_ema=use_ema, seq_length=seq_length
@@ -270,4 +318,9 @@ def elbo_report(
             result.to_json(json_path, draws=save_draws)
         if plot_path is not None:
             result.plot(plot_path)
-    return {**result.summary(), "data": eval_data.summary(), "settings": result.settings}
+    return {
+        **result.summary(),
+        "data": eval_data.summary(),
+        "settings": result.settings,
+        "timing": result.timing(),
+    }

@@ -13,8 +13,8 @@ What every score model offers:
 * ``log_score(x (B, L), sigma (B,))``: float32 (B, L, V_local) on the last pipeline stage
   (columns [vocab_start, vocab_start + V_local); real rows end at ``vocab_end``), None elsewhere;
 * ``score_entropy(x_t (B, L), sigma (B,), x0 (B, L))``: the per-token score entropy (B, L)
-  float32 on the CPU on reporting ranks (``reports``: last stage, tensor-parallel rank 0), None
-  elsewhere;
+  float32 on the model's device (no host synchronisation) on reporting ranks (``reports``:
+  last stage, tensor-parallel rank 0), None elsewhere;
 * ``full_log_score(x, sigma)``: float32 (B, L, V') over every vocabulary row (padding dropped)
   on every rank, on the CPU (collective; for verification, not for speed);
 * ``tp_size``, ``is_last_stage``, ``reports``, ``dp_rank`` / ``dp_size`` (data-parallel replicas
@@ -37,6 +37,15 @@ import torch.distributed as dist
 
 from sedd_megatron.diffusion import Graph, Noise, get_graph, get_noise
 from sedd_megatron.plain import SEDD
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` on ``device``; from the CPU to a GPU through pinned memory without blocking
+    the host, so that inputs queue up behind the model's kernels."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @runtime_checkable
@@ -109,9 +118,9 @@ class PlainScoreModel:
 
     @torch.inference_mode()
     def score_entropy(self, x_t, sigma, x0):
-        x_t, sigma, x0 = (v.to(self.device) for v in (x_t, sigma, x0))
+        x_t, sigma, x0 = (to_device(v, self.device) for v in (x_t, sigma, x0))
         log_score = self.model(x_t, sigma)
-        return self.graph.score_entropy(log_score, sigma[:, None], x_t, x0).float().cpu()
+        return self.graph.score_entropy(log_score, sigma[:, None], x_t, x0).float()
 
     @torch.no_grad()
     def full_log_score(self, x, sigma):
@@ -183,9 +192,9 @@ class MegatronScoreModel:
     def score_entropy(self, x_t, sigma, x0):
         from sedd_megatron.models.sedd.pipeline import pipeline_forward  # lazy: imports megatron
 
-        x_t, sigma, x0 = (v.to(self.device) for v in (x_t, sigma, x0))
+        x_t, sigma, x0 = (to_device(v, self.device) for v in (x_t, sigma, x0))
         out = pipeline_forward(self.model, x_t, sigma, x0)
-        return out.float().cpu() if (out is not None and self.reports) else None
+        return out.float() if (out is not None and self.reports) else None
 
     @torch.no_grad()
     def full_log_score(self, x, sigma):

@@ -2,12 +2,14 @@
 
 A checkpoint directory holds ``config.json`` (SEDDConfig.to_dict) and the reference state dict
 as ``model.safetensors`` and/or ``pytorch_model.bin``. Pickles are only read with
-``weights_only=True``; keys and shapes are checked strictly against layout.py.
+``weights_only=True``; keys and shapes are checked strictly against layout.py, and weights
+holding NaN or Inf are refused (:func:`check_finite`).
 """
 
 import pickle
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -59,6 +61,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an Inf, else None."""
+    for name, tensor in tensors:
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():
+            if not bool(torch.isfinite(tensor).all()):
+                return name
+    return None
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """CheckpointError naming the first tensor of ``state_dict`` (read from ``source``) that
+    holds a NaN or an Inf: such weights must not be sampled, evaluated or exported from."""
+    bad = first_non_finite(state_dict.items())
+    if bad is not None:
+        raise CheckpointError(
+            f"{source}: the weight {bad} holds NaN or Inf values; refusing to use these weights"
+        )
+
+
 def find_weights_file(directory: Path, weights_name: str | None = None) -> Path:
     if weights_name is not None:
         if Path(weights_name).name != weights_name:
@@ -88,6 +109,7 @@ def load_pretrained(model_cls, path: str | Path, *, weights_name: str | None = N
         check_state_dict(state_dict, config)
     except CheckpointError as err:
         raise CheckpointError(f"{weights_file} vs {CONFIG_NAME}: {err}") from err
+    check_finite(state_dict, weights_file)
     state_dict = {k: v.to(torch.float32).contiguous() for k, v in state_dict.items()}
     state_dict.setdefault(ROTARY_INV_FREQ, rotary_inv_freq(config.head_dim))
     with torch.device("meta"):

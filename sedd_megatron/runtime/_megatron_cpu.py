@@ -10,6 +10,12 @@ here because a CPU run of megatron-core 0.19.2 failed without it:
 - ``_get_cuda_rng_state``/``_set_cuda_rng_state`` (activation recompute, ``_fork_rng``) read and
   write the CPU generator; the setter is otherwise a lazy CUDA call that silently never runs,
   so recomputation would replay different dropout masks.
+- Megatron's data loaders (``build_pretraining_data_loader``) get a generator of their own: a
+  ``DataLoader`` draws its iterator's base seed from torch's default generator, which on CPU is
+  also the "CUDA" one that dropout draws from. On a GPU that draw leaves the CUDA generator
+  alone; here it shifted every dropout mask, and a resumed run builds its iterators after
+  loading the checkpoint's RNG state, so its masks differed from an uninterrupted run's.
+  (Megatron's checkpoints already hold that state and the tracker's: ``rng_state``.)
 - ``initialize_megatron`` called by ``pretrain()`` gets ``allow_no_cuda=True`` (it asserts CUDA);
   ``get_device_arch_version`` returns 0 (``validate_args`` queries the GPU's properties at
   TP > 1). (The dataset helpers' start-up fix applies on every device:
@@ -112,6 +118,41 @@ def _patch_training() -> None:
             module.initialize_megatron = initialize_megatron
     for module in (arguments, training_utils, common_utils):
         module.get_device_arch_version = lambda: 0
+    _patch_data_loaders(training)
+
+
+def _loader_seed() -> int:
+    from megatron.training.global_vars import get_args  # lazy: megatron.training is optional
+
+    try:
+        return int(get_args().seed)
+    except (AssertionError, AttributeError, TypeError):  # no parsed arguments (library use)
+        return _DEFAULT_LOADER_SEED
+
+
+_DEFAULT_LOADER_SEED = 1234  # Megatron's default --seed
+
+
+def _patch_data_loaders(training) -> None:
+    """Megatron's data loaders draw their iterators' seeds from a generator of their own."""
+    from megatron.training.datasets import data_samplers  # lazy: megatron.training is optional
+
+    original = data_samplers.build_pretraining_data_loader
+    if getattr(original, "_sedd_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def build_pretraining_data_loader(*args, **kwargs):
+        loader = original(*args, **kwargs)
+        if isinstance(loader, torch.utils.data.DataLoader) and loader.generator is None:
+            # Each iterator draws its base seed (worker seeds) from loader.generator, else from
+            # the default generator: the one dropout uses on CPU (see the module docstring).
+            loader.generator = torch.Generator().manual_seed(_loader_seed())
+        return loader
+
+    build_pretraining_data_loader._sedd_cpu = True
+    data_samplers.build_pretraining_data_loader = build_pretraining_data_loader
+    training.build_pretraining_data_loader = build_pretraining_data_loader
 
 
 def patch_megatron() -> None:

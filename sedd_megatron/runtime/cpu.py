@@ -18,16 +18,20 @@ CPU, each for a failure seen without it (docs/runtime.md §2–4 explains each):
   seeding), CUDA RNG get/set/seed mapped to the CPU generator (rerun state machine, checkpoint
   RNG state), dummy streams/events and a no-op ``synchronize`` (DDP, ``get_model``, p2p);
 - ``CUDA_DEVICE_MAX_CONNECTIONS=1`` unless set (``validate_args`` asserts it at TP > 1).
-- Megatron patches in :mod:`sedd_megatron.runtime._megatron_cpu` (CPU RNG tracker, training
-  initialisation, sequence-parallel torch norm).
+- Megatron patches in :mod:`sedd_megatron.runtime._megatron_cpu` (CPU RNG tracker, data
+  loaders with a generator of their own, training initialisation, sequence-parallel torch norm).
 
-Limits: one generator serves as both "CPU" and "CUDA" RNG, so CPU-side draws (e.g. a data
-loader's seed) shift dropout masks; runs with dropout are reproducible, but a resumed run's
-dropout differs from an uninterrupted one. ``pretrain()`` needs ``--distributed-backend gloo``
-and ``--no-persist-layer-norm`` (with ``--transformer-impl local``); pipeline parallelism needs
-``batch_p2p_comm=False`` (see :mod:`sedd_megatron.runtime.distributed`). The mode lives on
-the calling thread's stack (and autograd's backward): call the function from the main thread;
-torch calls made on other threads are not redirected.
+The default CPU generator stands in for the CUDA one: dropout draws from it and Megatron's
+checkpoints save and restore it (``rng_state``: the "CUDA" state and the tracker's states). The
+one host-side draw of a training run, a data loader's iterator seed, comes from the loader's own
+generator, so a resumed run with dropout repeats an uninterrupted one bit for bit, as on a GPU.
+
+Limits: ``pretrain()`` needs ``--distributed-backend gloo`` and ``--no-persist-layer-norm``
+(with ``--transformer-impl local``); pipeline parallelism needs ``batch_p2p_comm=False`` (see
+:mod:`sedd_megatron.runtime.distributed`). The mode lives on the calling thread's stack (and
+autograd's backward): call the function from the main thread; torch calls made on other threads
+are not redirected. Other host-side draws from the default generator (a ``RandomSampler`` of
+the caller's own, say) still shift the dropout masks that follow them.
 
 On a machine with CUDA the function does nothing. Importing this module patches nothing.
 """

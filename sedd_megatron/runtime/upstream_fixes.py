@@ -40,6 +40,30 @@ Speed without Apex/TE (they matter on GPUs, where the optimizer step was launch-
 (f) Megatron builds ``torch.optim.Adam(W)`` without ``fused``: the step then runs torch's
     multi-tensor ("foreach") kernels. When every parameter of the optimizer is a CUDA floating
     tensor, the param groups are switched to torch's fused Adam kernel (one kernel per group).
+
+Help text:
+
+(g) argparse %-formats help strings; megatron-core 0.19.2 builds some from docstrings with a
+    literal ``%``, so ``pretrain_sedd.py --help`` raised "unsupported format character".
+    :func:`escape_help_percents` (called on the parser by ``add_sedd_args``, not in
+    :data:`FIXES`: it acts on one parser) escapes them.
+
+Loading checkpoints without running code from them (``sedd_megatron.checkpoint.safety``):
+
+(h) ``safe_checkpoint_reads``. torch's ``FileSystemReader.read_metadata`` unpickles a
+    torch_dist ``.metadata`` file with plain ``pickle.load``, and ``DefaultLoadPlanner.load_bytes``
+    (Megatron's common state, RNG state, extra state in the ``.distcp`` shards) calls
+    ``torch.load(weights_only=False)``: a crafted checkpoint directory runs arbitrary code in
+    ``pretrain_sedd.py --load`` and in every tool. ``read_metadata`` now uses the restricted
+    unpickler of ``safety`` (torch_dist metadata classes only; anything else is a CheckpointError
+    naming the file and the refused global) and ``load_bytes`` loads ``weights_only=True``.
+    Megatron's ``common.pt`` loader and its ``_load_base_checkpoint`` (the legacy
+    ``--ckpt-format torch`` files) run with weights-only loading forced (``safety.
+    weights_only_loads``, which also overrides ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``).
+    ``_load_base_checkpoint`` first runs ``safety.check_load_dir`` (tracker, iteration directory,
+    metadata, shards present and long enough), and Megatron's ways of giving up with exit status
+    0 -- ``sys.exit()`` after "Invalid metadata file" (a corrupt or empty tracker) or after
+    "could not load the checkpoint" -- become a CheckpointError (non-zero exit).
 """
 
 from __future__ import annotations
@@ -47,6 +71,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import pickle
+import re
 import subprocess
 from collections.abc import Iterable
 
@@ -273,6 +299,115 @@ def _fix_fused_adam() -> None:
     mcore_optim._get_megatron_optimizer_based_on_param_groups = build
 
 
+# ------------------------------------------------------------ (h) safe checkpoint reads
+def _safe_read_metadata(self, *args, **kwargs):
+    """``FileSystemReader.read_metadata`` with the restricted unpickler (fix (h))."""
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
+
+    metadata = safety.read_metadata(self.path, rank=kwargs.get("rank"))
+    if getattr(metadata, "storage_meta", None) is None:
+        metadata.storage_meta = StorageMeta()
+    metadata.storage_meta.load_id = self.load_id
+    return metadata
+
+
+def _weights_only_load_bytes(self, read_item, value):
+    """``DefaultLoadPlanner.load_bytes`` with ``torch.load(weights_only=True)`` (fix (h))."""
+    from torch.distributed.checkpoint._traverse import set_element
+
+    from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
+    from sedd_megatron.errors import CheckpointError  # lazy: keeps this module light
+
+    fqn = read_item.dest_index.fqn
+    try:
+        loaded = torch.load(value, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = safety.weights_only_reason(err)
+        raise CheckpointError(f"refusing to load the checkpoint item {fqn}: {reason}") from None
+    except Exception as err:  # corrupt bytes raise several kinds of error
+        raise CheckpointError(
+            f"the checkpoint item {fqn} is unreadable (corrupt: {safety.one_line(err)})"
+        ) from None
+    if self.flatten_state_dict:
+        set_element(self.original_state_dict, self.mappings[fqn], loaded)
+    else:
+        self.state_dict[fqn] = loaded
+
+
+def _forcing_weights_only(original):
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
+
+        with safety.weights_only_loads():
+            return original(*args, **kwargs)
+
+    setattr(wrapper, _PATCHED_MARK, True)
+    return wrapper
+
+
+def _strict_tracker_reader(original):
+    @functools.wraps(original)
+    def read_metadata(tracker_filename):
+        from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
+
+        safety.parse_tracker(tracker_filename)  # CheckpointError instead of sys.exit() (rc 0)
+        return original(tracker_filename)
+
+    setattr(read_metadata, _PATCHED_MARK, True)
+    return read_metadata
+
+
+def _checked_base_loader(original):
+    @functools.wraps(original)
+    def load_base_checkpoint(load_dir, args, *rest, **kwargs):
+        from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
+        from sedd_megatron.errors import CheckpointError  # lazy: keeps this module light
+
+        folder = None
+        if load_dir is not None and getattr(args, "non_persistent_ckpt_type", None) is None:
+            folder = safety.check_load_dir(load_dir, getattr(args, "ckpt_step", None) or None)
+        try:
+            with safety.weights_only_loads():
+                return original(load_dir, args, *rest, **kwargs)
+        except SystemExit as exit_:
+            if exit_.code not in (None, 0) or folder is None:
+                raise  # an error status already, or --exit-on-missing-checkpoint
+            raise CheckpointError(
+                f"cannot load the checkpoint {folder}: Megatron gave up (see its message above)"
+            ) from None
+
+    setattr(load_base_checkpoint, _PATCHED_MARK, True)
+    return load_base_checkpoint
+
+
+def _fix_checkpoint_reads() -> None:
+    from megatron.core.dist_checkpointing import serialization
+    from megatron.core.dist_checkpointing.strategies import common
+    from megatron.training import checkpointing
+    from torch.distributed.checkpoint import default_planner, filesystem
+
+    reader = filesystem.FileSystemReader
+    if not getattr(reader.read_metadata, _PATCHED_MARK, False):
+        setattr(_safe_read_metadata, _PATCHED_MARK, True)
+        reader.read_metadata = _safe_read_metadata
+    planner = default_planner.DefaultLoadPlanner
+    if not getattr(planner.load_bytes, _PATCHED_MARK, False):
+        setattr(_weights_only_load_bytes, _PATCHED_MARK, True)
+        planner.load_bytes = _weights_only_load_bytes
+    for module in (common, serialization):
+        if not getattr(module.load_common, _PATCHED_MARK, False):
+            module.load_common = _forcing_weights_only(module.load_common)
+    if not getattr(checkpointing.read_metadata, _PATCHED_MARK, False):
+        checkpointing.read_metadata = _strict_tracker_reader(checkpointing.read_metadata)
+    if not getattr(checkpointing._load_base_checkpoint, _PATCHED_MARK, False):
+        checkpointing._load_base_checkpoint = _checked_base_loader(
+            checkpointing._load_base_checkpoint
+        )
+
+
 def _distributed_optimizer_fix(patch):
     def apply() -> None:
         from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
@@ -290,6 +425,7 @@ FIXES = {
     "dataset_helpers": _fix_dataset_helpers,  # (d)
     "multi_tensor_ops": _fix_multi_tensor_ops,  # (e)
     "fused_adam": _fix_fused_adam,  # (f)
+    "safe_checkpoint_reads": _fix_checkpoint_reads,  # (h)
 }
 
 
@@ -302,3 +438,19 @@ def apply_upstream_fixes(fixes: Iterable[str] = tuple(FIXES)) -> None:
     """
     for name in fixes:
         FIXES[name]()
+
+
+# ------------------------------------------------------------- (g) '%' in inherited help text
+_HELP_FORMAT = re.compile(r"%%|%\([^)]*\)[-#0 +]*\d*(?:\.\d+)?[a-zA-Z]|%")
+
+
+def escape_help_percents(parser) -> None:
+    """Escape bare ``%`` in the help strings of ``parser``'s arguments (in place).
+
+    argparse %-formats help text; megatron-core 0.19.2 builds some help from docstrings with a
+    literal ``%`` (``--moe-paged-stash-buffer-size-factor-cuda``: "10%)"), so ``--help``
+    raises "unsupported format character". ``%%`` and ``%(name)s`` placeholders are kept.
+    """
+    for action in parser._actions:
+        if isinstance(action.help, str) and "%" in action.help:
+            action.help = _HELP_FORMAT.sub(lambda m: "%%" if m[0] == "%" else m[0], action.help)

@@ -4,11 +4,12 @@ Per draw (docs/math.md §5): clamp the prompt positions, compute the transition 
 tokens; the prompt is clamped again before the denoiser and on the output. Two modes:
 
 * default (float64, layout-independent): the exponential race argmax_y w_y / E_y with
-  E = -log1p(-u) in float64 (``sedd_megatron.diffusion.categorical``), u keyed by
-  (seed, sample index, step, column tile) (``rng``). Each tensor-parallel rank races over its own
-  vocabulary shard (weights from its scores plus an all-reduced (B, L) sum, ``weights``) and
-  one all-gather of (best value, index) per token picks the winner: the vocabulary is never
-  gathered, and float64 copies are made one (L, tile width) block at a time. Absorb: only masked
+  E = -log(u) in float64, u a counter-based uniform keyed by (seed, sample index, step, position,
+  column) (``rng``). Each tensor-parallel rank races over its own vocabulary shard (weights from
+  its scores plus an all-reduced (B, L) sum, ``weights``) and one all-gather of (best value,
+  index) per token picks the winner: the vocabulary is never gathered, and no float64 copy of a
+  shard is made (``weights.race``: one fused pass per token row, a Triton kernel on CUDA, blocks
+  of rows in torch elsewhere; no host synchronisation in the step loop). Absorb: only masked
   tokens are drawn (an unmasked token stays with probability 1). Only the last pipeline stage
   draws; the tokens are broadcast to the other stages. Sample i with seed s is the same in any
   batch and on any TP/PP layout, up to the float rounding of the forward pass itself.
@@ -21,47 +22,41 @@ tokens; the prompt is clamped again before the denoiser and on the output. Two m
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from sedd_megatron.diffusion import (
     PREDICTORS,
     denoiser_probs,
-    exponential_noise,
     mask_projector,
     sample_categorical,
 )
+from sedd_megatron.errors import ConfigError
 
+from .options import SamplingOptions
 from .prompts import Condition
-from .rng import LIMIT_STEP, KeyedUniforms, tile_width
-from .weights import Step, num_columns, schedule, score_sum, tile_weights
-
-# float64 elements per (rows x tile) block of the race: cache-sized on CPU, large on GPUs
-CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """predictor: analytic (default), euler or none (only the denoiser draws); steps; eps: the
-    last time; denoise: final denoising step; fp32_sampling: the reference's float32 draws."""
-
-    predictor: str = "analytic"
-    steps: int = 128
-    eps: float = 1e-5
-    denoise: bool = True
-    fp32_sampling: bool = False
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+from .rng import LIMIT_STEP, KeyedStreams
+from .weights import (
+    Step,
+    num_columns,
+    race,
+    race_one_shard,
+    schedule,
+    score_sum,
+    score_sums,
+    step_affine,
+    tile_weights,
+    use_triton,
+)
 
 
 class Sampler:
     """Draws token sequences from a score model (``backends``) with ``options``."""
 
-    def __init__(self, model, options: SamplingOptions = SamplingOptions()):
+    def __init__(self, model, options: SamplingOptions | None = None):
+        options = options or SamplingOptions()
         if options.fp32_sampling and model.tp_size > 1:
-            raise ValueError(
+            raise ConfigError(
                 "--fp32-sampling reproduces the reference's draws over the full vocabulary on "
                 f"one rank; this model is split over {model.tp_size} tensor-parallel ranks"
             )
@@ -100,8 +95,8 @@ class Sampler:
         else:
             if seed is None:
                 raise ValueError("the float64 sampler needs a seed")
-            self.uniforms = KeyedUniforms(device, seed)
-            x = self._limit(sample_ids, length, device)
+            self.streams = KeyedStreams(seed, sample_ids, length, device)
+            x = self._limit(len(sample_ids), length, device)
             draw = self._draw_sharded
         x = self.model.share_tokens(x)
         for step in self.steps:
@@ -118,11 +113,15 @@ class Sampler:
                 progress()
         return project(x)
 
-    def _limit(self, sample_ids, length, device):
-        def randint(row, high):
-            return self.uniforms.randint(sample_ids[row], LIMIT_STEP, high, length)
+    def _limit(self, batch, length, device):
+        draws = {}
 
-        return self.graph.limit_draw(len(sample_ids), length, randint, device=device)
+        def randint(row, high):
+            if high not in draws:
+                draws[high] = self.streams.randint(LIMIT_STEP, high)
+            return draws[high][row]
+
+        return self.graph.limit_draw(batch, length, randint, device=device)
 
     def _draw_reference(self, step: Step, x, log_score, sample_ids):
         """The reference's float32 weights and draw (global RNG), full vocabulary."""
@@ -138,55 +137,21 @@ class Sampler:
     def _draw_sharded(self, step: Step, x, log_score, sample_ids):
         """Exponential race over this rank's columns, then the best over the TP group."""
         graph, model = self.graph, self.model
-        length = x.shape[1]
         start = model.vocab_start
         stop = min(model.vocab_end, num_columns(graph, step))  # columns this rank races over
         real = model.vocab_end - start  # real (unpadded) columns held here
-        width = tile_width(graph.dim)
-        active = graph.moving(x)  # absorb: only masked tokens move, the others stay
-        budget = CHUNK_ELEMENTS.get(x.device.type, 1 << 20)
-        chunks = self._row_chunks(active, max(1, budget // (length * width)))
-
-        total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        for _, _, b, pos in chunks:
-            for c0 in range(0, real, width):
-                scores = log_score[b, pos, c0 : min(c0 + width, real)]
-                total[b, pos] += score_sum(graph, scores, start + c0)
-        total = model.all_reduce_sum(total)
-
-        best = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)
-        index = x.clone()
-        for rows, r, b, pos in chunks:
-            for tile in range(start // width, -(-stop // width) if stop > start else 0):
-                lo, hi = max(tile * width, start), min((tile + 1) * width, stop)
-                u = torch.stack(
-                    [
-                        self.uniforms.tile(sample_ids[i], step.index, tile, length, width)
-                        for i in rows
-                    ]
-                )[r, pos, lo - tile * width : hi - tile * width]
-                scores = log_score[b, pos, lo - start : hi - start]
-                value = tile_weights(graph, step, scores, x[b, pos], lo, total[b, pos])
-                value /= exponential_noise(u)
-                arg = value.argmax(-1)
-                top = value.gather(-1, arg[:, None]).squeeze(-1)
-                better = top > best[b, pos]
-                best[b, pos] = torch.where(better, top, best[b, pos])
-                index[b, pos] = torch.where(better, arg + lo, index[b, pos])
-        winner = model.best_over_shards(best.flatten(), index.flatten()).view_as(x)
-        return torch.where(active, winner, x), None
-
-    @staticmethod
-    def _row_chunks(active, rows_per_chunk: int):
-        """Batch rows with active tokens, in chunks: (rows, chunk row, batch row, position) of
-        every active token."""
-        present = active.any(1).nonzero().squeeze(-1).tolist()
-        chunks = []
-        for k in range(0, len(present), rows_per_chunk):
-            rows = present[k : k + rows_per_chunk]
-            r, pos = active[rows].nonzero(as_tuple=True)
-            chunks.append((rows, r, torch.as_tensor(rows, device=active.device)[r], pos))
-        return chunks
+        flat = x.reshape(-1)
+        active = graph.moving(flat)  # absorb: only masked tokens move, the others stay
+        keys = self.streams.rows(step.index)
+        if model.tp_size == 1 and not use_triton(None, log_score, flat):
+            best, index = race_one_shard(graph, step, log_score, flat, active, stop, keys)
+        else:
+            total = score_sums(log_score, real, graph.excluded_column(start), active)
+            total = model.all_reduce_sum(total)
+            affine = step_affine(graph, step, flat, total)
+            best, index = race(log_score, start, stop - start, keys, affine, active)
+        winner = model.best_over_shards(best, index)
+        return torch.where(active, winner, flat).view_as(x), None
 
     @torch.no_grad()
     def weights(self, x: torch.Tensor, step: Step) -> torch.Tensor | None:

@@ -175,18 +175,28 @@ def prompt_from_dict(record: dict, where: str = "prompt") -> Prompt:
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from a JSONL file: one object per line (blank lines skipped); ``{}`` is
+    """Prompts from a JSONL file (UTF-8): one object per line (blank lines skipped); ``{}`` is
     unconditional. Keys: id, prefix, suffix, template."""
+    path = Path(path)
+    if not path.exists():
+        raise PromptError(f"prompts file {path} does not exist")
+    if path.is_dir():
+        raise PromptError(f"prompts file {path} is a directory: name a JSONL file")
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            prompts.append(prompt_from_dict(record, f"{path}:{number}"))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PromptError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                prompts.append(prompt_from_dict(record, f"{path}:{number}"))
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise PromptError(f"cannot read prompts file {path}: {e.strerror or e}") from None
     if not prompts:
         raise PromptError(f"{path}: no prompts in the file")
     return prompts
@@ -215,3 +225,14 @@ def conditions_for(
                 raise
             raise PromptError(f"prompt {prompt.describe()}: {e}") from None
     return out
+
+
+def check_prompts(
+    prompts: Sequence[Prompt],
+    encode: Encode,
+    seq_length: int | None = None,
+    num_tokens: int | None = None,
+) -> None:
+    """Raise the PromptError :func:`conditions_for` would, before any model is loaded: every
+    prompt encodes (and fits ``seq_length`` tokens, when given; ids below ``num_tokens``)."""
+    conditions_for(prompts, encode, seq_length if seq_length is not None else 2**62, num_tokens)

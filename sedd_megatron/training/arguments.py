@@ -12,8 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from sedd_megatron.console import one_line_errors
 from sedd_megatron.diffusion import GRAPHS, graph_class
 from sedd_megatron.errors import ConfigError
+from sedd_megatron.runtime.upstream_fixes import escape_help_percents
+
+GPT2_VOCAB_SIZE = 50257  # the reference's vocabulary (GPT-2 BPE; EOS = 50256, the last id)
 
 # Megatron argument dest -> reference default. Applied as parser defaults, so any explicit flag
 # (command line or YAML) overrides them.
@@ -35,7 +39,7 @@ REFERENCE_DEFAULTS = dict(
     layernorm_epsilon=1e-5,
     add_bias_linear=False,
     untie_embeddings_and_output_weights=True,
-    tokenizer_type="GPT2BPETokenizer",
+    tokenizer_type="NullTokenizer",  # pre-tokenized data; vocabulary: see default_tokenizer
 )
 
 
@@ -114,10 +118,93 @@ def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--sedd-metrics-file",
         type=str,
         default=None,
-        help="append per-step JSON lines (iteration, loss, grad norm, lr) here",
+        help="append per-step JSON lines (iteration, loss, grad norm, lr) here; a run that "
+        "starts at iteration N (resumed, or 0) first drops the records after N",
     )
     parser.set_defaults(**REFERENCE_DEFAULTS, **accelerator_defaults())
+    escape_help_percents(parser)  # Megatron's inherited help, for --help
+    one_line_errors(parser)
     return parser
+
+
+def default_tokenizer(args) -> None:
+    """The default tokenizer works offline: ``NullTokenizer`` (the data is pre-tokenized; only
+    the vocabulary size matters) with the GPT-2 vocabulary when no ``--vocab-size`` is given.
+    Megatron's ``GPT2BPETokenizer`` fetches 'gpt2' from the Hugging Face hub even with local
+    files, so it is used only when asked for (and then needs both files or the hub)."""
+    if args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
+        args.vocab_size = GPT2_VOCAB_SIZE
+    if args.tokenizer_type == "GPT2BPETokenizer" and bool(args.vocab_file) != bool(args.merge_file):
+        raise ConfigError(
+            "--tokenizer-type GPT2BPETokenizer needs both --vocab-file and --merge-file"
+        )
+    if args.vocab_size is not None and args.vocab_size < 2:
+        raise ConfigError(f"--vocab-size must be at least 2, got {args.vocab_size}")
+
+
+_POSITIVE = (
+    "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels",
+    "seq_length", "max_position_embeddings", "micro_batch_size", "global_batch_size",
+    "train_iters", "train_samples", "lr_decay_iters", "save_interval", "eval_interval",
+    "log_interval", "vocab_size",
+)  # fmt: skip
+_NON_NEGATIVE = (
+    "lr", "min_lr", "lr_warmup_iters", "lr_warmup_samples", "lr_warmup_init", "weight_decay",
+    "clip_grad", "eval_iters",
+)  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def training_setting_problems(args) -> list[str]:
+    """Training settings Megatron would accept and fail on later, or assert on without a
+    message: one sentence per problem. Flags ``args`` lacks (or leaves None) are not checked;
+    divisibility is checked only on sizes that passed."""
+    problems = []
+
+    def value(name):
+        return getattr(args, name, None)
+
+    bad = set()
+    for name in _POSITIVE:
+        v = value(name)
+        if v is not None and not v > 0:
+            problems.append(f"{_flag(name)} must be positive, got {v}")
+            bad.add(name)
+    for name in _NON_NEGATIVE:
+        v = value(name)
+        if v is not None and not v >= 0:  # NaN fails too
+            problems.append(f"{_flag(name)} must not be negative, got {v}")
+            bad.add(name)
+    lr, min_lr = value("lr"), value("min_lr")
+    if lr is not None and min_lr is not None and not bad & {"lr", "min_lr"} and min_lr > lr:
+        problems.append(f"--min-lr ({min_lr}) must not exceed --lr ({lr})")
+    fraction = value("lr_warmup_fraction")
+    if fraction is not None and not 0 <= fraction <= 1:
+        problems.append(f"--lr-warmup-fraction must be in [0, 1], got {fraction}")
+    for name in ("hidden_dropout", "attention_dropout"):
+        v = value(name)
+        if v is not None and not 0 <= v < 1:
+            problems.append(f"{_flag(name)} must be in [0, 1), got {v}")
+    hidden, heads = value("hidden_size"), value("num_attention_heads")
+    tp = value("tensor_model_parallel_size")
+    usable = lambda *names: all(value(n) is not None and n not in bad for n in names)
+    if usable("hidden_size", "num_attention_heads") and hidden % heads:
+        problems.append(
+            f"--hidden-size ({hidden}) must be divisible by --num-attention-heads ({heads})"
+        )
+    if tp is not None and tp > 0:
+        for name in ("num_attention_heads", "ffn_hidden_size"):
+            if usable(name) and value(name) % tp:
+                problems.append(
+                    f"{_flag(name)} ({value(name)}) must be divisible by "
+                    f"--tensor-model-parallel-size ({tp})"
+                )
+    if value("save") and not value("save_interval"):
+        problems.append("--save needs --save-interval (iterations between checkpoints)")
+    return problems
 
 
 def validate_sedd_args(args) -> None:
@@ -127,7 +214,7 @@ def validate_sedd_args(args) -> None:
         args.sedd_noise = graph.default_noise
     if args.sedd_scale_by_sigma is None:
         args.sedd_scale_by_sigma = graph.sigma_scaling
-    problems = []
+    problems = training_setting_problems(args)
     if args.sedd_scale_by_sigma and not graph.sigma_scaling:
         problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -207,12 +294,42 @@ def expand_config_argv(argv: list[str]) -> list[str]:
 _NEGATABLE = {"sedd-scale-by-sigma", "sedd-fused-kernels"}
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(f"line {line}: {key!r} is given twice (first on line {first})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (``num_layers`` and
+    ``num-layers`` are one flag), where safe_load would keep the last silently."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                name = key.strip("-").replace("_", "-") if isinstance(key, str) else key
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(name)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, line, first)
+                seen[name] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def yaml_to_argv(path: str) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a safe loader
+    except _DuplicateKey as err:
+        raise ConfigError(f"--config {path}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path}: not valid YAML: {err}") from err
     if data is None:
@@ -256,6 +373,7 @@ def parse_args(argv: list[str] | None = None):
     if args.yaml_cfg is not None:
         raise ConfigError("use --config FILE.yaml (SEDD's flag files), not Megatron's --yaml-cfg")
     validate_sedd_args(args)
+    default_tokenizer(args)
     if args.use_checkpoint_args:
         from megatron.training.checkpointing import load_args_from_checkpoint
 

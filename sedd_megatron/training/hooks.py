@@ -5,7 +5,9 @@ pretrain() has no callback after the optimizer step nor around evaluation, so
 atomic:
 
 - ``setup_model_and_optimizer``: the returned optimizer's ``step`` is wrapped so that every
-  successful step updates the EMA weights (and appends to ``--sedd-metrics-file``);
+  successful step updates the EMA weights (and appends to ``--sedd-metrics-file``); once the
+  checkpoint is loaded, the metrics file is cut back to the iteration the run starts from, so
+  the steps it re-runs after a restart appear once;
 - ``evaluate``: runs with the EMA weights swapped in (unless ``--no-eval-with-ema``), so the
   validation loss is the ELBO estimate of the weights we export;
 - the checkpoint tracker file (``latest_checkpointed_iteration.txt``): Megatron truncates and
@@ -24,7 +26,7 @@ import torch
 
 from sedd_megatron.atomic import atomic_open
 from sedd_megatron.models.sedd.ema import find_ema
-from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl
+from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl, truncate_jsonl
 
 _INSTALLED = {"done": False}
 #: What this process saw: per-step training records and validation losses (nats/token).
@@ -112,8 +114,11 @@ def install_training_hooks() -> None:
     @functools.wraps(original_setup)
     def setup_model_and_optimizer(*a, **kw):
         model, optimizer, scheduler = original_setup(*a, **kw)
+        args = get_args()
+        if args.sedd_metrics_file and torch.distributed.get_rank() == 0:
+            truncate_jsonl(args.sedd_metrics_file, args.iteration)  # set by load_checkpoint
         if optimizer is not None:
-            _wrap_optimizer_step(optimizer, model, get_args())
+            _wrap_optimizer_step(optimizer, model, args)
         return model, optimizer, scheduler
 
     @functools.wraps(original_evaluate)

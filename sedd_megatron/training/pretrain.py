@@ -7,22 +7,23 @@ On a machine without CUDA it runs on CPU over gloo (sedd_megatron.runtime; devel
 
 import json
 import os
-import sys
 import time
 
 from sedd_megatron.atomic import atomic_open
-from sedd_megatron.errors import ConfigError
+from sedd_megatron.console import fail, quiet_third_party, restore_third_party_logging
+from sedd_megatron.errors import ConfigError, SEDDError
 
 _START = time.time()
 
 
 def _fail(message: str) -> None:
-    print(f"pretrain_sedd.py: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    fail("pretrain_sedd.py", message)
 
 
-def check_data_paths(args) -> None:
-    """Every data prefix must have its .bin and .idx (a clear error instead of a deep trace)."""
+def check_data_paths(args, vocab_size: int | None = None) -> None:
+    """Every data prefix must have its .bin and .idx (a clear error instead of a deep trace),
+    and, given ``vocab_size`` (the tokenizer's), token ids below it: checked on each node's
+    local rank 0 before Megatron builds (and caches) anything."""
     if getattr(args, "mock_data", False):
         return
     prefixes = []
@@ -38,6 +39,27 @@ def check_data_paths(args) -> None:
                 f"data prefix {prefix!r}: {' and '.join(prefix + e for e in missing)} not found "
                 "(build it with tools/preprocess_data.py)"
             )
+    if vocab_size is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+        from sedd_megatron.datasets.sedd_dataset import check_token_ids  # lazy: imports megatron
+
+        for prefix in dict.fromkeys(prefixes):
+            check_token_ids(prefix, vocab_size)
+
+
+def check_load_paths(args) -> None:
+    """Preflight of ``--load`` / ``--pretrained-checkpoint`` (sedd_megatron.checkpoint.safety):
+    a corrupt tracker, a missing iteration, metadata that would run code, missing or truncated
+    shards and unreadable legacy files are one CheckpointError here, before Megatron (which
+    exits 0 or dies with a traceback on them) reads anything."""
+    from sedd_megatron.checkpoint import safety  # lazy: torch, after the start-up timestamp
+
+    if getattr(args, "non_persistent_ckpt_type", None) is not None:
+        return  # Megatron may load a non-persistent checkpoint instead; it is checked then
+    step = getattr(args, "ckpt_step", None) or None
+    for name in ("load", "pretrained_checkpoint"):
+        directory = getattr(args, name, None)
+        if directory:
+            safety.check_load_dir(directory, step if name == "load" else None)
 
 
 def _is_number(value: str) -> bool:
@@ -71,6 +93,7 @@ def summarize(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
     import torch
 
     from sedd_megatron.runtime.distributed import single_process_env  # lazy: torch after _START
@@ -95,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(err))
 
     from megatron.core.enums import ModelType
-    from megatron.training import pretrain, set_startup_timestamps
+    from megatron.training import get_tokenizer, pretrain, set_startup_timestamps
     from megatron.training.argument_utils import pretrain_cfg_container_from_args
 
     from sedd_megatron.datasets.sedd_dataset import (  # lazy: megatron, after the CPU shim
@@ -111,17 +134,22 @@ def main(argv: list[str] | None = None) -> None:
     set_startup_timestamps(program_start=_START, main_entry=time.time())
     try:
         args = parse_args(argv)
-        check_data_paths(args)
+        check_data_paths(args, get_tokenizer().vocab_size)
+        check_load_paths(args)
     except (ConfigError, AssertionError, ValueError) as err:
         _fail(str(err) or repr(err))
+    restore_third_party_logging()  # start-up is over: Megatron's warnings matter from here
     install_training_hooks()
-    pretrain(
-        pretrain_cfg_container_from_args(args),
-        train_valid_test_datasets_provider,
-        ModelType.encoder_or_decoder,
-        make_forward_step(args),
-        model_provider=model_provider,
-    )
+    try:
+        pretrain(
+            pretrain_cfg_container_from_args(args),
+            train_valid_test_datasets_provider,
+            ModelType.encoder_or_decoder,
+            make_forward_step(args),
+            model_provider=model_provider,
+        )
+    except SEDDError as err:  # bad input found only once Megatron reads it (checkpoint, data)
+        _fail(str(err))
     summary = summarize(args)
     if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
         print("SEDD training summary: " + json.dumps(summary), flush=True)

@@ -86,6 +86,7 @@ def test_huggingface_kind_without_packages_is_a_clear_error(tmp_path, monkeypatc
         importlib.util, "find_spec",
         lambda name, *a: None if name in ("tokenizers", "transformers") else real(name, *a),
     )  # fmt: skip
+    (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(DataError, match="pip install tokenizers"):
         build_tokenizer("huggingface", path=str(tmp_path))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -137,6 +138,21 @@ def _cases() -> list[dict]:
                     "dtype": dtype,
                 },
                 {"_score_entropy_fwd": fwd, "_score_entropy_bwd": bwd},
+            )
+        )
+    # the sampler's step: one launch of each kernel per case; its block is fixed (1024 columns)
+    for (vocab, tp, rank), dtype in itertools.product(VOCAB_SHARDS, ("bf16", "fp32")):
+        cases.append(
+            _case(
+                "sampling_step",
+                f"V{vocab}-tp{tp}rank{rank}-{dtype}",
+                "sampling_step",
+                {"vocab": vocab, "tp": tp, "rank": rank, "dtype": dtype},
+                {
+                    "_keyed_uniforms": {"BLOCK": 1024},
+                    "_score_sums": {"BLOCK": 1024},
+                    "_race_rows": {"BLOCK": 1024},
+                },
             )
         )
     return cases
@@ -337,11 +353,31 @@ def _run_score_entropy(torch, module, vocab, tp, rank, graph, shift, dtype):
     torch.autograd.backward(out, [torch.zeros_like(t) for t in out])
 
 
+def _run_sampling_step(torch, module, vocab, tp, rank, dtype):
+    """The fused sampler step on this rank's shard of the absorb vocabulary (the last rank's
+    shard ends in padding), as sedd_megatron.sampling.weights launches it."""
+    seq, batch = 64, 4
+    rows = seq * batch
+    vocab_rows = NUM_TOKENS + 1
+    start = vocab * rank
+    num_valid = max(start, min(start + vocab, vocab_rows)) - start
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    scores = torch.zeros(batch, seq, vocab, dtype=dtype)
+    active = torch.ones(rows, dtype=torch.bool)
+    keys = torch.zeros(rows, dtype=torch.int64)
+    module.keyed_uniforms_triton(keys, start, start + num_valid)
+    module.score_sums_triton(scores, num_valid, NUM_TOKENS - start, active)
+    coefficients = torch.zeros(rows, 6, dtype=torch.float64)
+    special = torch.full((rows,), NUM_TOKENS, dtype=torch.int64)
+    module.race_triton(scores, start, num_valid, keys, coefficients, special, active)
+
+
 _RUNNERS = {
     "adaln": _run_adaln,
     "residual": _run_residual,
     "gelu": _run_gelu,
     "score_entropy": _run_score_entropy,
+    "sampling_step": _run_sampling_step,
 }
 
 

@@ -2,9 +2,9 @@
 evaluates and saves torch_dist checkpoints; a second run resumes from the mid-run checkpoint
 and reproduces the uninterrupted run's training losses exactly.
 
-Dropout is 0: on CPU the "CUDA" RNG is the CPU generator, which the resumed run also draws from
-when it builds its data loader, so dropout masks after a resume differ from the uninterrupted
-run's (on a GPU they come from a separate generator).
+Dropout is on: on CPU the "CUDA" RNG is the CPU generator, which the checkpoint saves and
+restores; the data loaders draw their seeds from a generator of their own (as on a GPU, where
+they come from the CPU generator), so the resumed run draws the same masks.
 """
 
 from pathlib import Path
@@ -17,7 +17,7 @@ WORKER = Path(__file__).parent / "workers" / "pretrain_gpt_cpu.py"
 ITERS = 4
 TINY_GPT = (
     "--num-layers 2 --hidden-size 32 --num-attention-heads 4 --seq-length 16 "
-    "--max-position-embeddings 16 --hidden-dropout 0 --attention-dropout 0 "
+    "--max-position-embeddings 16 --hidden-dropout 0.1 --attention-dropout 0.1 "
     "--transformer-impl local --no-persist-layer-norm --no-gradient-accumulation-fusion "
     "--micro-batch-size 2 --global-batch-size 2 --lr 1e-3 --seed 1234 "
     f"--train-iters {ITERS} --eval-iters 1 --eval-interval {ITERS} --log-interval 1 "

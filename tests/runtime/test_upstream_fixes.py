@@ -149,3 +149,104 @@ def test_fused_adam_fix_wraps_megatron_optimizer_builder(monkeypatch):
     upstream_fixes.apply_upstream_fixes(["fused_adam"])
     result = mcore_optim._get_megatron_optimizer_based_on_param_groups()
     assert isinstance(result, Wrapped) and seen == [Wrapped.optimizer]
+
+
+# ------------------------------------------------------------ (h) safe checkpoint reads
+class _Touch:
+    """Unpickling it creates ``path`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_checkpoint_fix_patches_torch_and_megatron_once():
+    from megatron.core.dist_checkpointing import serialization
+    from megatron.core.dist_checkpointing.strategies import common
+    from megatron.training import checkpointing
+    from torch.distributed.checkpoint import default_planner, filesystem
+
+    def patched():
+        return [
+            filesystem.FileSystemReader.read_metadata,
+            default_planner.DefaultLoadPlanner.load_bytes,
+            common.load_common,
+            serialization.load_common,
+            checkpointing.read_metadata,
+            checkpointing._load_base_checkpoint,
+        ]
+
+    upstream_fixes.apply_upstream_fixes(["safe_checkpoint_reads"])
+    first = patched()
+    assert all(getattr(f, upstream_fixes._PATCHED_MARK, False) for f in first)
+    upstream_fixes.apply_upstream_fixes(["safe_checkpoint_reads"])
+    assert patched() == first  # idempotent: not wrapped twice
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-3"])
+def test_bad_tracker_is_an_error_not_exit_0(tmp_path, text):
+    from megatron.training import checkpointing
+
+    from sedd_megatron.errors import CheckpointError
+
+    upstream_fixes.apply_upstream_fixes(["safe_checkpoint_reads"])
+    tracker = tmp_path / "latest_checkpointed_iteration.txt"
+    tracker.write_text(text)
+    with pytest.raises(CheckpointError, match="latest_checkpointed_iteration.txt"):
+        checkpointing.read_metadata(str(tracker))
+    tracker.write_text("release")
+    assert checkpointing.read_metadata(str(tracker)) == (0, True)
+
+
+def test_base_loader_is_weights_only_and_never_exits_0(tmp_path, monkeypatch):
+    import argparse
+    import os
+    import sys
+
+    from sedd_megatron.errors import CheckpointError
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    (tmp_path / "release" / "mp_rank_00").mkdir(parents=True)
+    torch.save({"iteration": 0}, tmp_path / "release" / "mp_rank_00" / "model_optim_rng.pt")
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("release")
+    args = argparse.Namespace(non_persistent_ckpt_type=None, ckpt_step=None)
+    seen = []
+
+    def megatron_gives_up(load_dir, args, rank0=False):  # "could not load ..."; sys.exit()
+        seen.append(dict(os.environ))
+        sys.exit()
+
+    load = upstream_fixes._checked_base_loader(megatron_gives_up)
+    with pytest.raises(CheckpointError, match=r"cannot load the checkpoint .*release"):
+        load(str(tmp_path), args, rank0=True)
+    assert seen[0]["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] == "1"
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in seen[0]
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"  # restored afterwards
+    # preflight first: a crafted legacy file is refused before Megatron's loader runs
+    evil = tmp_path / "release" / "mp_rank_00" / "model_optim_rng.pt"
+    torch.save({"args": _Touch(tmp_path / "PWNED")}, evil)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load(str(tmp_path), args, rank0=True)
+    assert len(seen) == 1 and not (tmp_path / "PWNED").exists()
+    # no tracker: --exit-on-missing-checkpoint's deliberate exit stays an exit
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit):
+        load(str(empty), args)
+
+
+def test_legacy_common_pt_is_weights_only(tmp_path, monkeypatch):
+    from megatron.core.dist_checkpointing.strategies import common
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    upstream_fixes.apply_upstream_fixes(["safe_checkpoint_reads"])
+    torch.save({"args": _Touch(tmp_path / "PWNED")}, tmp_path / "common.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        common.load_common(str(tmp_path))
+    assert not (tmp_path / "PWNED").exists()
+    torch.load(tmp_path / "common.pt", weights_only=False)  # the payload is live
+    assert (tmp_path / "PWNED").exists()

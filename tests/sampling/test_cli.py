@@ -2,13 +2,19 @@
 
 import importlib.util
 import json
+import os
+import re
+import signal
+import stat
+import subprocess
 import sys
+import time
 
 import pytest
 
 from sedd_megatron.sampling import sample_texts
 from tests.conftest import CONFORMANCE_DIR
-from tests.launch import REPO_ROOT, run_command, run_torchrun
+from tests.launch import REPO_ROOT, run_command, run_torchrun, worker_env
 
 TOOL = REPO_ROOT / "tools" / "generate_sedd.py"
 MODEL = CONFORMANCE_DIR / "tiny_absorb"
@@ -27,12 +33,21 @@ def cli_main(*args, model=MODEL) -> int:
     return module.main([str(model), *args])
 
 
-def test_cli_writes_records(tmp_path, capsys):
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_cli_writes_records(tmp_path, capsys, umask_027):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"template": "1 2 [MASK:3] 4", "suffix": "9", "id": "a"}\n{}\n')
     out = tmp_path / "out" / "samples.jsonl"
+    out.parent.mkdir()
     args = ["--no-detokenize", "--prompts", str(prompts), "--num-samples", "2", "--steps", "4"]
     generate(*args, "--batch-size", "3", "--seed", "5", "--output", str(out), "--no-progress")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # the user's umask (027), not 0600
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sample_index"] for r in records] == [0, 1, 2, 3]
     first = records[0]
@@ -40,7 +55,7 @@ def test_cli_writes_records(tmp_path, capsys):
     assert first["tokens"][:2] == [1, 2] and first["tokens"][5] == 4 and first["tokens"][-1] == 9
     assert len(first["tokens"]) == 32 and first["text"] is None and first["seed"] == 5
     assert first["settings"]["predictor"] == "analytic" and first["settings"]["steps"] == 4
-    assert list(out.parent.iterdir()) == [out]  # atomic write: no temporary file left
+    assert list(out.parent.iterdir()) == [out]  # no temporary or .partial file left
 
     # the same seed and sample index give the same sample with another batch size
     assert cli_main(*args, "--batch-size", "1", "--seed", "5", "--no-progress") == 0
@@ -60,6 +75,90 @@ def test_cli_text_and_bad_prompt(capsys):
     assert message in capsys.readouterr().err
     assert cli_main("--prompts", "x.jsonl", "--prefix", "a") == 2
     assert "--prompts cannot be combined" in capsys.readouterr().err
+
+
+INTERRUPTED_ARGS = ["--no-detokenize", "--prefix", "5 6", "--steps", "2", "--seed", "3"]
+
+
+def _start(*args) -> subprocess.Popen:
+    """The CLI in a fresh process that turns SIGINT into KeyboardInterrupt (as in a terminal,
+    even when this test runs with SIGINT ignored)."""
+    return subprocess.Popen(
+        [sys.executable, str(TOOL), str(MODEL), *INTERRUPTED_ARGS, *args],
+        cwd=REPO_ROOT,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _interrupt(proc: subprocess.Popen, ready) -> tuple[str, str]:
+    """Wait until ``ready()`` (at most 120 s), send SIGINT, return (stdout, stderr)."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no records before the run ended or timed out: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def _uninterrupted(count: int, capsys) -> list[dict]:
+    """The first ``count`` samples of the same run, drawn in this process without interrupt
+    (one prompt: sample k of the long run is sample k here)."""
+    assert cli_main(*INTERRUPTED_ARGS, "--num-samples", str(count), "--no-progress") == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _lines(path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_cli_interrupt_keeps_the_finished_samples(tmp_path, capsys):
+    """Ctrl-C during a long run: exit 130, one line naming how many samples were kept where,
+    and <output>.partial holds exactly those samples, equal to an uninterrupted run's."""
+    out = tmp_path / "samples.jsonl"
+    partial = tmp_path / "samples.jsonl.partial"
+    out.write_text("previous\n")  # left alone by the interrupted run
+    flags = ["--num-samples", "100000", "--batch-size", "2", "--no-progress"]
+    proc = _start(*flags, "--output", str(out))
+    stdout, stderr = _interrupt(proc, lambda: _lines(partial) >= 4)
+    assert proc.returncode == 130, stderr
+    assert stdout == ""
+    lines = stderr.strip().splitlines()
+    found = re.fullmatch(
+        r"generate_sedd\.py: interrupted: kept the (\d+) finished samples in (.+)", lines[-1]
+    )
+    assert len(lines) == 1 and found, stderr
+    assert found.group(2) == str(partial)
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]  # valid JSONL
+    assert len(kept) == int(found.group(1)) >= 4 and len(kept) % 2 == 0  # whole batches
+    assert [r["sample_index"] for r in kept] == list(range(len(kept)))
+    assert kept == _uninterrupted(len(kept), capsys)
+    assert out.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, partial.name]
+
+
+def test_cli_streams_records_to_stdout(capsys):
+    """Without --output, records reach stdout as their batches finish; Ctrl-C keeps them."""
+    proc = _start("--num-samples", "100000", "--batch-size", "1", "--no-progress")
+    first = proc.stdout.readline()  # blocks until the first batch is written
+    stdout, stderr = _interrupt(proc, lambda: True)
+    assert proc.returncode == 130, stderr
+    records = [json.loads(line) for line in (first + stdout).splitlines()]
+    found = re.fullmatch(
+        r"generate_sedd\.py: interrupted: (\d+) finished samples were written to stdout",
+        stderr.strip(),
+    )
+    assert found and int(found.group(1)) == len(records) >= 1, stderr
+    assert records == _uninterrupted(len(records), capsys)
 
 
 def test_sample_texts_in_process():

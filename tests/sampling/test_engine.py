@@ -92,3 +92,12 @@ def test_fp32_sampling_needs_full_vocabulary(plain):
             Sampler(plain, SamplingOptions(fp32_sampling=True))
     finally:
         del plain.tp_size
+
+
+def test_split_sums_path_draws_the_one_shard_samples(plain, monkeypatch):
+    """The engine's tensor-parallel path (score sums, all-reduce, race) and its one-rank path
+    (sums and race in one pass) draw the same samples (here on one rank holding everything)."""
+    sampler = Sampler(plain, SamplingOptions(steps=3))
+    one_rank = sampler.sample(None, [0, 5], 3)
+    monkeypatch.setattr(plain, "tp_size", 2, raising=False)
+    assert torch.equal(sampler.sample(None, [0, 5], 3), one_rank)

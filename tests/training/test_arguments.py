@@ -1,12 +1,17 @@
 """--config YAML expansion and SEDD flag validation (in process, no Megatron start-up)."""
 
 import argparse
+import re
 from types import SimpleNamespace
 
 import pytest
 
 from sedd_megatron.errors import ConfigError
-from sedd_megatron.training.arguments import expand_config_argv, validate_sedd_args
+from sedd_megatron.training.arguments import (
+    expand_config_argv,
+    training_setting_problems,
+    validate_sedd_args,
+)
 
 
 def test_yaml_flags_come_first_so_the_command_line_wins(tmp_path):
@@ -31,6 +36,25 @@ def test_bad_yaml_is_one_clear_error(tmp_path, text, message):
     config.write_text(text)
     with pytest.raises(ConfigError, match=message):
         expand_config_argv(["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lr: 0.001\nnum-layers: 2\nlr: 0.002\n", "line 3: 'lr' is given twice (first on line 1)"),
+        ("num_layers: 2\n--num-layers: 4\n", "line 2: '--num-layers' is given twice"),
+    ],
+)
+def test_a_flag_given_twice_in_a_config_is_refused(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: {message}")):
+        expand_config_argv(["--config", str(config)])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="absent.yaml: no such file"):
+        expand_config_argv(["--config", str(tmp_path / "absent.yaml")])
 
 
 def test_config_without_a_file_name():
@@ -88,3 +112,53 @@ def test_fused_kernels_switch_reaches_the_model_config(tmp_path):
     parser = add_sedd_args(argparse.ArgumentParser())
     assert parser.parse_args([]).sedd_fused_kernels is True
     assert parser.parse_args(argv).sedd_fused_kernels is False
+
+
+# Megatron's flags as parse_args leaves them (before validate_args fills its derived values).
+MEGATRON = dict(
+    num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=None, kv_channels=None,
+    seq_length=64, max_position_embeddings=64, micro_batch_size=2, global_batch_size=None,
+    train_iters=100, train_samples=None, lr_decay_iters=None, save_interval=None,
+    eval_interval=1000, log_interval=100, vocab_size=1000, lr=3e-4, min_lr=0.0,
+    lr_warmup_iters=10, lr_warmup_samples=0, lr_warmup_init=0.0, lr_warmup_fraction=None,
+    weight_decay=0.0, clip_grad=1.0, eval_iters=100, hidden_dropout=0.1, attention_dropout=0.0,
+    tensor_model_parallel_size=1, save=None,
+)  # fmt: skip
+
+
+def test_good_training_settings_pass():
+    assert training_setting_problems(SimpleNamespace(**MEGATRON)) == []
+    assert training_setting_problems(SimpleNamespace()) == []  # nothing set: nothing to check
+    validate_sedd_args(_args(**MEGATRON))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(lr=-1.0), "--lr must not be negative, got -1.0"),
+        (dict(lr=float("nan")), "--lr must not be negative, got nan"),
+        (dict(min_lr=1e-3), "--min-lr (0.001) must not exceed --lr (0.0003)"),
+        (dict(lr_warmup_iters=-1), "--lr-warmup-iters must not be negative, got -1"),
+        (dict(lr_warmup_fraction=1.5), "--lr-warmup-fraction must be in [0, 1], got 1.5"),
+        (dict(hidden_dropout=1.0), "--hidden-dropout must be in [0, 1), got 1.0"),
+        (dict(seq_length=0), "--seq-length must be positive, got 0"),
+        (dict(micro_batch_size=0), "--micro-batch-size must be positive, got 0"),
+        (dict(global_batch_size=-2), "--global-batch-size must be positive, got -2"),
+        (dict(num_attention_heads=6), "--hidden-size (64) must be divisible by "
+                                      "--num-attention-heads (6)"),  # fmt: skip
+        (dict(tensor_model_parallel_size=8), "--num-attention-heads (4) must be divisible by "
+                                             "--tensor-model-parallel-size (8)"),  # fmt: skip
+        (dict(ffn_hidden_size=130, tensor_model_parallel_size=4), "--ffn-hidden-size (130)"),
+        (dict(save="ckpt"), "--save needs --save-interval"),
+    ],
+)
+def test_bad_training_settings(overrides, message):
+    problems = training_setting_problems(SimpleNamespace(**{**MEGATRON, **overrides}))
+    assert len(problems) == 1 and problems[0].startswith(message), problems
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_sedd_args(_args(**{**MEGATRON, **overrides}))
+
+
+def test_divisibility_is_not_checked_on_sizes_already_refused():
+    problems = training_setting_problems(SimpleNamespace(**{**MEGATRON, "num_attention_heads": 0}))
+    assert problems == ["--num-attention-heads must be positive, got 0"]

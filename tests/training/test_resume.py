@@ -1,5 +1,7 @@
-"""Exact resume, resharding on resume, and SIGKILL at random moments (some during a save)."""
+"""Exact resume with dropout, resharding on resume, and SIGKILL at random moments (some during
+a save); the metrics file holds each iteration once however often a run restarts."""
 
+import json
 import os
 import random
 import signal
@@ -8,43 +10,101 @@ import sys
 import time
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from tests.launch import REPO_ROOT, worker_env
-from tests.training.conftest import PRETRAIN, TINY, data_flags, pretrain, read_metrics
+from tests.training.conftest import PRETRAIN, TINY, pretrain, read_metrics
 
 pytestmark = pytest.mark.distributed
 
 TRACKER = "latest_checkpointed_iteration.txt"
+VOCAB = 1000  # a small vocabulary keeps the checkpoints (and the runs) small
+
+
+def _flags(**changes: str) -> list[str]:
+    """TINY with some flag values changed (``hidden_dropout="0.1"``)."""
+    flags = list(TINY)
+    for name, value in changes.items():
+        flags[flags.index("--" + name.replace("_", "-")) + 1] = value
+    return flags
+
+
+# Hidden and attention dropout on: every step draws masks from the default generator and from
+# the tensor-parallel RNG tracker, whose states the checkpoint must restore exactly.
+DROPOUT = [*_flags(vocab_size=str(VOCAB), hidden_dropout="0.1"), "--attention-dropout", "0.1"]
+NO_DROPOUT = _flags(vocab_size=str(VOCAB))  # TP1 and TP2 draw different attention masks
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> list[str]:
+    """Indexed train/valid/test datasets with token ids < VOCAB (random documents)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    out = tmp_path_factory.mktemp("resume_data")
+    rng = numpy.random.default_rng(12)
+    flags = []
+    for split in ("train", "valid", "test"):
+        builder = IndexedDatasetBuilder(str(out / f"{split}.bin"), dtype=numpy.uint16)
+        for _ in range(100 if split == "train" else 20):
+            doc = rng.integers(0, VOCAB, size=int(rng.integers(20, 80)), dtype=numpy.uint16)
+            builder.add_document(doc, [len(doc)])
+        builder.finalize(str(out / f"{split}.idx"))
+        flags += [f"--{split}-data-path", str(out / split)]
+    return flags
+
+
+ITERS = 12
+
+
+def _common(data: list[str]) -> list[str]:
+    return [*DROPOUT, *data, "--train-iters", str(ITERS), "--eval-interval", str(ITERS)]
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> dict:
+    """An uninterrupted run of ITERS steps with dropout: its metrics and final checkpoint."""
+    out = tmp_path_factory.mktemp("reference")
+    metrics = out / "metrics.jsonl"
+    pretrain([*_common(data), "--save", str(out / "ckpt"), "--save-interval", str(ITERS),
+              "--sedd-metrics-file", str(metrics)])  # fmt: skip
+    return {"metrics": read_metrics(metrics), "ckpt": out / "ckpt"}
 
 
 def checkpoint_tensors(ckpt_dir: Path, iteration: int, tmp_path: Path) -> dict:
     """Model (and EMA) tensors of a torch_dist checkpoint, read without a process group."""
-    out = tmp_path / f"{ckpt_dir.name}_{iteration}.pt"
+    out = tmp_path / f"{ckpt_dir.parent.name}_{ckpt_dir.name}_{iteration}.pt"
     dcp_to_torch_save(ckpt_dir / f"iter_{iteration:07d}", out)
     state = torch.load(out, weights_only=False)  # produced by this test from our own checkpoint
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and "optimizer" not in k}
 
 
-def test_stop_and_resume_is_bit_identical(corpus, tmp_path):
-    common = [*TINY, *data_flags(corpus), "--train-iters", "8", "--eval-interval", "8",
-              "--save-interval", "4"]  # fmt: skip
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    pretrain([*common, "--save", str(whole), "--sedd-metrics-file", str(tmp_path / "whole.jsonl")])
-    # Stop after iteration 4 (checkpoint), then resume to 8.
-    pretrain([*common, "--save", str(split), "--load", str(split), "--exit-interval", "4",
-              "--sedd-metrics-file", str(tmp_path / "split.jsonl")])  # fmt: skip
-    pretrain([*common, "--save", str(split), "--load", str(split),
-              "--sedd-metrics-file", str(tmp_path / "split.jsonl")])  # fmt: skip
+def _iterations(metrics: Path) -> list[int]:
+    """The iteration of every line, in file order (read_metrics would hide a duplicate)."""
+    return [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
 
-    a, b = read_metrics(tmp_path / "whole.jsonl"), read_metrics(tmp_path / "split.jsonl")
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    for i in range(1, 9):
-        assert (a[i]["loss"], a[i]["grad_norm"]) == (b[i]["loss"], b[i]["grad_norm"]), i
-    final_a = checkpoint_tensors(whole, 8, tmp_path)
-    final_b = checkpoint_tensors(split, 8, tmp_path)
+
+def _assert_same_steps(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected) == list(range(1, ITERS + 1))
+    for i in range(1, ITERS + 1):
+        assert got[i]["loss"] == expected[i]["loss"], f"iteration {i}: loss"
+        assert got[i]["grad_norm"] == expected[i]["grad_norm"], f"iteration {i}: grad norm"
+
+
+def test_stop_and_resume_with_dropout_is_bit_identical(data, reference, tmp_path):
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "split.jsonl"
+    args = [*_common(data), "--save", str(ckpt), "--save-interval", "4",
+            "--sedd-metrics-file", str(metrics)]  # fmt: skip
+    pretrain([*args, "--exit-interval", "6"])  # saves iterations 4 and 6 (on exit)
+    assert _iterations(metrics) == [1, 2, 3, 4, 5, 6]
+    # Back to iteration 4: steps 5 and 6 run again; their first records must go.
+    pretrain([*args, "--load", str(ckpt), "--ckpt-step", "4"])
+    assert _iterations(metrics) == list(range(1, ITERS + 1))
+    _assert_same_steps(read_metrics(metrics), reference["metrics"])
+    final_a = checkpoint_tensors(reference["ckpt"], ITERS, tmp_path)
+    final_b = checkpoint_tensors(ckpt, ITERS, tmp_path)
     ema_keys = [k for k in final_a if k.startswith("ema.")]
     assert ema_keys, "no EMA weights in the checkpoint"
     assert final_a.keys() == final_b.keys()
@@ -52,8 +112,8 @@ def test_stop_and_resume_is_bit_identical(corpus, tmp_path):
         assert torch.equal(final_a[key], final_b[key]), key
 
 
-def test_tp2_checkpoint_resumes_at_tp1(corpus, tmp_path):
-    common = [*TINY, *data_flags(corpus), "--train-iters", "6", "--eval-interval", "6"]
+def test_tp2_checkpoint_resumes_at_tp1(data, tmp_path):
+    common = [*NO_DROPOUT, *data, "--train-iters", "6", "--eval-interval", "6"]
     ckpt = tmp_path / "ckpt"
     pretrain([*common, "--tensor-model-parallel-size", "2", "--save", str(ckpt),
               "--save-interval", "4", "--exit-interval", "4",
@@ -100,15 +160,11 @@ def _run_until(args, trigger, rng) -> int:
     return proc.returncode
 
 
-def test_sigkill_always_resumes_from_the_last_complete_checkpoint(corpus, tmp_path):
+def test_sigkill_always_resumes_from_the_last_complete_checkpoint(data, reference, tmp_path):
     rng = random.Random(20261129)
-    common = [*TINY, *data_flags(corpus), "--train-iters", "12", "--eval-interval", "12",
-              "--save-interval", "2"]  # fmt: skip
-    reference = tmp_path / "reference.jsonl"
-    pretrain([*common, "--save", str(tmp_path / "ref"), "--sedd-metrics-file", str(reference)])
-
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "killed.jsonl"
-    args = [*common, "--save", str(ckpt), "--load", str(ckpt), "--sedd-metrics-file", str(metrics)]
+    args = [*_common(data), "--save-interval", "2", "--save", str(ckpt), "--load", str(ckpt),
+            "--sedd-metrics-file", str(metrics)]  # fmt: skip
 
     def nth_line_with(text: str, n: int):
         """A trigger that fires at the n-th output line containing ``text`` (always fires)."""
@@ -136,8 +192,5 @@ def test_sigkill_always_resumes_from_the_last_complete_checkpoint(corpus, tmp_pa
             assert _complete(ckpt, latest), f"tracker points at incomplete iteration {latest}"
     out = pretrain(args)
     assert "loading checkpoint from" in out.stdout or "loading" in out.stdout.lower()
-    expected, got = read_metrics(reference), read_metrics(metrics)
-    assert sorted(got) == list(range(1, 13))
-    for i in range(1, 13):
-        assert got[i]["loss"] == expected[i]["loss"], i
-        assert got[i]["grad_norm"] == expected[i]["grad_norm"], i
+    assert _iterations(metrics) == list(range(1, ITERS + 1))  # re-run steps recorded once
+    _assert_same_steps(read_metrics(metrics), reference["metrics"])

@@ -1,0 +1,83 @@
+"""What the entry points print: quiet third-party imports and one-line errors.
+
+Importing torch, Megatron-Core, Transformer Engine or Apex prints warnings that are no use to a
+user (no TE, no Apex, deprecations); argparse prints its whole usage before an error (Megatron's
+is 700 lines). The entry points call :func:`quiet_third_party` first, so that an error is the one
+line ``<prog>: error: <message>`` on stderr. ``SEDD_SHOW_WARNINGS=1`` in the environment shows
+everything again. This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import NoReturn
+
+#: Environment switch that shows third-party warnings and log chatter again.
+SHOW_WARNINGS = "SEDD_SHOW_WARNINGS"
+# torch sets the level of its "torch" logger when it is imported: its chatty children by name
+_CHATTY_LOGGERS = (
+    "megatron",
+    "torch",
+    "torch.utils.cpp_extension",
+    "torch.distributed",
+    "transformer_engine",
+    "apex",
+    "triton",
+)
+
+
+def show_warnings() -> bool:
+    return os.environ.get(SHOW_WARNINGS, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def quiet_third_party() -> None:
+    """Hide Python warnings and the WARNING-level log records of third-party packages.
+
+    sedd_megatron itself reports problems as errors, never as warnings; the warnings a run
+    raises come from torch, Megatron and friends (some through our torch-function mode, so they
+    cannot be told apart by module). Call before importing torch or Megatron; a no-op with
+    ``SEDD_SHOW_WARNINGS=1``. Also applies to the processes this one starts (through
+    ``PYTHONWARNINGS``).
+    """
+    if show_warnings():
+        return
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def restore_third_party_logging() -> None:
+    """Let third-party WARNING log records through again (after start-up, for training)."""
+    if show_warnings():
+        return
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def fail(prog: str, message: str, status: int = 2) -> NoReturn:
+    """Print ``<prog>: error: <message>`` (one line) on stderr and exit with ``status``."""
+    one_line = " ".join(str(message).split()) or "failed"
+    print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report a usage error as one line (no usage dump), exit status 2."""
+
+    def error(message: str) -> NoReturn:
+        fail(parser.prog, f"{message} (see --help)")
+
+    parser.error = error
+    return parser
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line (its subparsers too)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog.split()[0], f"{message} (see --help)")

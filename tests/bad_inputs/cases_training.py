@@ -1,0 +1,91 @@
+"""Bad-input cases of the area "training": pretrain_sedd.py given bad training settings, --config
+files and data, on Megatron's mock data (or the shared ``{data}`` prefix) and a tiny model.
+Every case fails while the arguments are checked, before pretrain() starts: nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy
+
+from tests.bad_inputs import Case
+
+# A tiny absorbing-graph SEDD (tiny_absorb's shape): each case adds the flag under test last.
+BASE = (
+    "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+    "--seq-length", "32", "--max-position-embeddings", "32", "--sedd-cond-dim", "32",
+    "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000",
+    "--micro-batch-size", "2", "--global-batch-size", "2", "--lr", "1e-3",
+    "--lr-warmup-iters", "1", "--train-iters", "3", "--eval-iters", "0",
+)  # fmt: skip
+
+
+def mock(*args: str) -> tuple[str, ...]:
+    return ("pretrain_sedd.py", *BASE, "--mock-data", *args)
+
+
+def on_data(*args: str) -> tuple[str, ...]:
+    return ("pretrain_sedd.py", *BASE, *args)
+
+
+def write(name: str, text: str):
+    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
+        (tmp / name).write_text(text, encoding="utf-8")
+
+    return setup
+
+
+def ids_up_to(high: int):
+    """An indexed dataset ``{tmp}/big`` with one id ``high``, at token 685."""
+
+    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # lazy: heavy
+
+        rng = numpy.random.default_rng(3)
+        builder = IndexedDatasetBuilder(str(tmp / "big.bin"), dtype=numpy.uint16)
+        for n in range(30):
+            doc = rng.integers(0, 1000, size=40).astype(numpy.uint16)
+            if n == 17:
+                doc[5] = high
+            builder.add_document(doc, [len(doc)])
+        builder.finalize(str(tmp / "big.idx"))
+
+    return setup
+
+
+CASES = [
+    # learning-rate schedule
+    Case("pretrain: --lr -1", mock("--lr", "-1"), r"--lr must not be negative, got -1\.0"),
+    Case("pretrain: --lr-warmup-iters -5", mock("--lr-warmup-iters", "-5"),
+         r"--lr-warmup-iters must not be negative, got -5"),
+    # model shape and batch (Megatron asserts these without a message, or fails mid-run)
+    Case("pretrain: hidden size not divisible by heads", mock("--num-attention-heads", "5"),
+         r"--hidden-size \(64\) must be divisible by --num-attention-heads \(5\)"),
+    Case("pretrain: heads not divisible by tensor parallel size",
+         mock("--tensor-model-parallel-size", "3"),
+         r"--num-attention-heads \(4\) must be divisible by --tensor-model-parallel-size \(3\)"),
+    Case("pretrain: --seq-length 0", mock("--seq-length", "0"),
+         r"--seq-length must be positive, got 0"),
+    Case("pretrain: --micro-batch-size 0", mock("--micro-batch-size", "0"),
+         r"--micro-batch-size must be positive, got 0"),
+    Case("pretrain: --save without --save-interval", mock("--save", "{tmp}/ckpt"),
+         r"--save needs --save-interval"),
+    # SEDD flags
+    Case("pretrain: unknown graph", mock("--sedd-graph", "gaussian"),
+         r"--sedd-graph: invalid choice: 'gaussian'"),
+    Case("pretrain: gated MLP", mock("--swiglu"), r"SEDD's MLP is GELU \(tanh\)"),
+    # --config files
+    Case("pretrain: --config key given twice", mock("--config", "{tmp}/c.yaml"),
+         r"c\.yaml: line 3: 'lr' is given twice \(first on line 1\)",
+         setup=write("c.yaml", "lr: 0.001\nnum-layers: 2\nlr: 0.002\n")),
+    Case("pretrain: --config not YAML", mock("--config", "{tmp}/c.yaml"),
+         r"c\.yaml: not valid YAML", setup=write("c.yaml", "num-layers: [1, 2\n")),
+    # data
+    Case("pretrain: data prefix missing", on_data("--data-path", "{tmp}/nothing"),
+         r"nothing\.bin and .*nothing\.idx not found \(build it with tools/preprocess_data\.py\)"),
+    # NullTokenizer --vocab-size 1000: ids 0..999 (999 is its end-of-document id)
+    Case("pretrain: token ids beyond the vocabulary",
+         on_data("--data-path", "0.5", "{data}", "0.5", "{tmp}/big", "--split", "98,1,1"),
+         r"big'?: token id 1000 \(token 685 of .*big\.bin\) is outside the vocabulary of 1000 "
+         r"ids", setup=ids_up_to(1000)),
+]  # fmt: skip
