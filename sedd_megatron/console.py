@@ -59,10 +59,15 @@ def restore_third_party_logging() -> None:
         logging.getLogger(name).setLevel(logging.NOTSET)
 
 
-def fail(prog: str, message: str, status: int = 2) -> NoReturn:
-    """Print ``<prog>: error: <message>`` (one line) on stderr and exit with ``status``."""
+def print_error(prog: str, message: str) -> None:
+    """Print ``<prog>: error: <message>`` as one line on stderr."""
     one_line = " ".join(str(message).split()) or "failed"
     print(f"{prog}: error: {one_line}", file=sys.stderr, flush=True)
+
+
+def fail(prog: str, message: str, status: int = 2) -> NoReturn:
+    """:func:`print_error`, then exit with ``status``."""
+    print_error(prog, message)
     sys.exit(status)
 
 

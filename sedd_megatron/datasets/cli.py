@@ -3,7 +3,7 @@
 import os
 import sys
 
-from sedd_megatron.console import fail, quiet_third_party
+from sedd_megatron.console import print_error, quiet_third_party
 from sedd_megatron.errors import DataError
 
 
@@ -13,4 +13,5 @@ def run(main, argv=None) -> int:
     try:
         return main(argv)
     except DataError as e:
-        fail(os.path.basename(sys.argv[0]), str(e))
+        print_error(os.path.basename(sys.argv[0]), str(e))
+        return 2

@@ -45,3 +45,24 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     leaves: tuple[str, ...] = ()  # glob patterns (relative to tmp) allowed to appear
     timeout: float = 240.0
+
+
+def write(name: str, data: str | bytes):
+    """A ``setup`` that writes ``data`` (text as UTF-8, or bytes) to ``tmp/name``."""
+
+    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
+        if isinstance(data, bytes):
+            (tmp / name).write_bytes(data)
+        else:
+            (tmp / name).write_text(data, encoding="utf-8")
+
+    return setup
+
+
+def make_dir(name: str):
+    """A ``setup`` that makes the directory ``tmp/name``."""
+
+    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
+        (tmp / name).mkdir()
+
+    return setup

@@ -2,24 +2,29 @@
 
 from tests.bad_inputs import Case
 
-TOOLS = (
-    "tools/generate_sedd.py",
-    "tools/eval_elbo_sedd.py",
-    "tools/eval_gen_ppl.py",
-    "tools/convert_checkpoint.py",
-    "tools/preprocess_data.py",
-    "tools/build_corpus.py",
-    "pretrain_sedd.py",
-)
+# each tool with its required arguments, so that the unknown flag is what is reported
+TOOLS = {
+    "tools/generate_sedd.py": ("{plain}",),
+    "tools/eval_elbo_sedd.py": ("--load", "{plain}"),
+    "tools/eval_gen_ppl.py": ("--samples", "{text}"),
+    "tools/convert_checkpoint.py": ("export", "--load", "{megatron}", "--out", "{tmp}/out"),
+    "tools/preprocess_data.py": ("--input", "{text}", "--output-prefix", "{tmp}/out"),
+    "tools/build_corpus.py": (),
+    "pretrain_sedd.py": (),
+}
 
 CASES = [
-    Case(f"{tool.split('/')[-1]}: unknown flag", (tool, "--no-such-flag"), r"--no-such-flag")
-    for tool in TOOLS
+    Case(
+        f"{tool.split('/')[-1]}: unknown flag",
+        (tool, *required, "--no-such-flag"),
+        r"unrecognized arguments: --no-such-flag",
+    )
+    for tool, required in TOOLS.items()
 ] + [
     Case(
         "generate: not a number",
         ("tools/generate_sedd.py", "{plain}", "--steps", "many"),
-        r"--steps: invalid int value: 'many'",
+        r"--steps: expected an integer, got 'many'",
     ),
     Case("convert: no command", ("tools/convert_checkpoint.py",), r"required"),
     Case(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.bad_inputs import Case
+from tests.bad_inputs import Case, make_dir, write
 
 CORPUS = "tools/build_corpus.py"
 PREPROCESS = "tools/preprocess_data.py"
@@ -20,23 +20,6 @@ def corpus(*args: str) -> tuple[str, ...]:
 
 def preprocess(*args: str) -> tuple[str, ...]:
     return (PREPROCESS, "--input", "{text}", "--output-prefix", "{tmp}/out", "--no-progress", *args)
-
-
-def write(name: str, data: str | bytes):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        if isinstance(data, bytes):
-            (tmp / name).write_bytes(data)
-        else:
-            (tmp / name).write_text(data, encoding="utf-8")
-
-    return setup
-
-
-def make_dir(name: str):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        (tmp / name).mkdir()
-
-    return setup
 
 
 def real_vocab_garbage_merges(tmp: Path, fixtures: dict[str, Path]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy
 
-from tests.bad_inputs import Case
+from tests.bad_inputs import Case, make_dir, write
 
 ELBO = "tools/eval_elbo_sedd.py"
 GEN_PPL = "tools/eval_gen_ppl.py"
@@ -22,20 +22,6 @@ def elbo(*args: str, load: str = "{plain}") -> tuple[str, ...]:
 
 def gen_ppl(*args: str) -> tuple[str, ...]:
     return (GEN_PPL, "--samples", "{tmp}/s.jsonl", "--no-progress", *args)
-
-
-def write(name: str, text: str):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        (tmp / name).write_text(text, encoding="utf-8")
-
-    return setup
-
-
-def make_dir(name: str):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        (tmp / name).mkdir()
-
-    return setup
 
 
 def samples(text: str = '{"text": "a b c", "settings": {"steps": 8}}\n'):

@@ -4,9 +4,7 @@ ids as prompts) and the torch_dist one. Settings and paths fail before the model
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.bad_inputs import Case
+from tests.bad_inputs import Case, make_dir, write
 
 GENERATE = "tools/generate_sedd.py"
 
@@ -17,20 +15,6 @@ def plain(*args: str) -> tuple[str, ...]:
 
 def megatron(*args: str) -> tuple[str, ...]:
     return (GENERATE, "{megatron}", "--no-detokenize", "--no-progress", *args)
-
-
-def write(name: str, text: str):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        (tmp / name).write_text(text, encoding="utf-8")
-
-    return setup
-
-
-def make_dir(name: str):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        (tmp / name).mkdir()
-
-    return setup
 
 
 OUT = "{tmp}/out.jsonl"

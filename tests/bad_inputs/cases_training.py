@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy
 
-from tests.bad_inputs import Case
+from tests.bad_inputs import Case, write
 
 # A tiny absorbing-graph SEDD (tiny_absorb's shape): each case adds the flag under test last.
 BASE = (
@@ -26,13 +26,6 @@ def mock(*args: str) -> tuple[str, ...]:
 
 def on_data(*args: str) -> tuple[str, ...]:
     return ("pretrain_sedd.py", *BASE, *args)
-
-
-def write(name: str, text: str):
-    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
-        (tmp / name).write_text(text, encoding="utf-8")
-
-    return setup
 
 
 def ids_up_to(high: int):
