@@ -107,6 +107,15 @@ def parse_args(argv):
         action="store_true",
         help="the reference's float32 draws from the global RNG (TP=1)",
     )
+    group.add_argument(
+        "--reuse-scores",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="rows in which no token changed since the last forward pass reuse its log-score, "
+        "shifted to the new noise level, instead of running the model (auto: on for "
+        "time-independent models, where it is exact; on: also for sigma-conditioned models, "
+        "an approximation; not with --fp32-sampling)",
+    )
     group.add_argument("--seed", type=_setting(checks.check_seed), default=0, help="in [0, 2**63)")
     group.add_argument(
         "--num-samples", type=_setting(checks.check_num_samples), default=1, help="per prompt"
@@ -164,10 +173,18 @@ def _interrupted(writer: RecordWriter | None, rank0: bool) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    writer, rank0 = None, True
+    writer, rank0, stats = None, True, {}
     try:
         # everything that can be checked is checked before the model loads
-        options = SamplingOptions(args.predictor, args.steps, args.eps, True, args.fp32_sampling)
+        if args.reuse_scores == "on" and args.fp32_sampling:
+            raise ConfigError(
+                "--reuse-scores on cannot be combined with --fp32-sampling (the reference's "
+                "draws run the model at every step)"
+            )
+        reuse = {"auto": None, "on": True, "off": False}[args.reuse_scores]
+        options = SamplingOptions(
+            args.predictor, args.steps, args.eps, True, args.fp32_sampling, reuse
+        )
         check_output(args.output)
         source_kind(args.source)  # a missing or wrong model directory
         prompts = _prompts(args)
@@ -195,6 +212,7 @@ def main(argv=None) -> int:
                 options=options,
                 progress=not args.no_progress,
                 extra_settings=dict(model=args.source, raw=args.raw, tp=args.tp, pp=args.pp),
+                stats=stats,
             )
             rank0 = not dist.is_initialized() or dist.get_rank() == 0
             writer = RecordWriter(args.output) if rank0 else None
@@ -202,6 +220,14 @@ def main(argv=None) -> int:
                 for records in rounds:  # every rank: each round gathers the replicas' samples
                     if writer is not None:
                         writer.write(records)
+            if rank0 and stats.get("rows_reused"):
+                print(
+                    f"generate_sedd.py: reused scores: the model evaluated "
+                    f"{stats['rows_evaluated']} of "
+                    f"{stats['rows_evaluated'] + stats['rows_reused']} row-steps in "
+                    f"{stats['forward_passes']} forward passes (replica of rank 0)",
+                    file=sys.stderr,
+                )
     except (PromptError, DataError, ValueError, FileNotFoundError) as e:
         print(f"generate_sedd.py: error: {e}", file=sys.stderr)
         return 2

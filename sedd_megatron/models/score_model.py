@@ -17,6 +17,8 @@ What every score model offers:
   last stage, tensor-parallel rank 0), None elsewhere;
 * ``full_log_score(x, sigma)``: float32 (B, L, V') over every vocabulary row (padding dropped)
   on every rank, on the CPU (collective; for verification, not for speed);
+* ``time_independent``: whether the network ignores sigma (``time_conditioning="none"``;
+  its log-score then moves with sigma only by -log(e^sigma - 1), so the sampler may reuse it);
 * ``tp_size``, ``is_last_stage``, ``reports``, ``dp_rank`` / ``dp_size`` (data-parallel replicas
   split batches or evaluation blocks);
 * the sampler's collectives: ``all_reduce_sum(t)`` (sum over the tensor-parallel group),
@@ -64,6 +66,7 @@ class ScoreModel(Protocol):
     dp_size: int
     is_last_stage: bool
     reports: bool
+    time_independent: bool
 
     @property
     def num_tokens(self) -> int: ...
@@ -99,6 +102,9 @@ class PlainScoreModel:
         self.device = next(model.parameters()).device
         self.vocab_start, self.vocab_end = 0, self.graph.dim
         self.description = {"backend": "plain", "graph": config.graph, "tokens": config.tokens}
+        self.time_independent = config.time_conditioning == "none"
+        if self.time_independent:
+            self.description["time_conditioning"] = "none"
         if source is not None:
             self.description["source"] = str(source)
 
@@ -177,6 +183,9 @@ class MegatronScoreModel:
             "iteration": getattr(info, "iteration", None),
             "ema": getattr(info, "ema", None),
         }
+        self.time_independent = getattr(model.config, "time_conditioning", "sigma") == "none"
+        if self.time_independent:
+            self.description["time_conditioning"] = "none"
 
     @property
     def num_tokens(self) -> int:

@@ -17,6 +17,7 @@ from sedd_megatron.errors import ConfigError
 GRAPH_TYPES = tuple(GRAPHS)  # the registered graph names
 NOISE_TYPES = ("loglinear", "geometric")
 MODEL_TYPES = ("ddit",)
+TIME_CONDITIONINGS = ("sigma", "none")  # docs/math.md §8.6
 
 # (section, key, dataclass field); section None means top level.
 _JSON_FIELDS = (
@@ -34,7 +35,11 @@ _JSON_FIELDS = (
     ("model", "n_heads", "n_heads"),
     ("model", "scale_by_sigma", "scale_by_sigma"),
     ("model", "dropout", "dropout"),
+    ("model", "time_conditioning", "time_conditioning"),
 )
+# Fields written to config.json only when they differ from the default, so that published-layout
+# configs stay exactly as published.
+_OMIT_IF_DEFAULT = {"time_conditioning": "sigma"}
 _FIELD_NAMES = {
     name: key if section is None else f"{section}.{key}" for section, key, name in _JSON_FIELDS
 }
@@ -57,6 +62,9 @@ class SEDDConfig:
     sigma_max: float = 20.0
     name: str = "custom"
     model_type: str = "ddit"
+    # "sigma": the network sees sigma (the reference). "none": time-independent absorbing SEDD,
+    # a learned constant conditioning vector and log p(y | x_t) - log(e^sigma - 1) as log-score.
+    time_conditioning: str = "sigma"
     # config.json keys SEDD does not read (training, data, optim, ...), nested as in the file.
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -75,6 +83,22 @@ class SEDDConfig:
             raise ConfigError(f"model.scale_by_sigma must be a bool, got {self.scale_by_sigma!r}")
         if self.scale_by_sigma and not GRAPHS[self.graph].sigma_scaling:
             raise ConfigError("model.scale_by_sigma=True is only allowed with graph.type 'absorb'")
+        if self.time_conditioning not in TIME_CONDITIONINGS:
+            raise ConfigError(
+                f"model.time_conditioning must be one of {TIME_CONDITIONINGS}, "
+                f"got {self.time_conditioning!r}"
+            )
+        if self.time_conditioning == "none":
+            if self.graph != "absorb":
+                raise ConfigError(
+                    "model.time_conditioning 'none' is only defined for graph.type "
+                    f"'absorb', got {self.graph!r}"
+                )
+            if not self.scale_by_sigma:
+                raise ConfigError(
+                    "model.time_conditioning 'none' divides by e^sigma - 1 itself: it needs "
+                    "model.scale_by_sigma=True"
+                )
         if self.hidden_size % self.n_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "
@@ -126,6 +150,8 @@ class SEDDConfig:
     def to_dict(self) -> dict[str, Any]:
         out = copy.deepcopy(self.extra)
         for section, key, name in _JSON_FIELDS:
+            if name in _OMIT_IF_DEFAULT and getattr(self, name) == _OMIT_IF_DEFAULT[name]:
+                continue
             where = out if section is None else out.setdefault(section, {})
             where[key] = getattr(self, name)
         return out

@@ -18,6 +18,9 @@ SIGMA_MAP_KEYS = (
     "sigma_map.mlp.2.weight",
     "sigma_map.mlp.2.bias",
 )
+# time_conditioning "none": the learned constant conditioning vector c (cond_dim,) takes the
+# place of the sigma_map keys.
+COND_KEY = "cond_map.cond"
 ROTARY_INV_FREQ = "rotary_emb.inv_freq"  # derived buffer, persistent in the reference
 BLOCK_KEY_TEMPLATES = (
     "blocks.{i}.norm1.weight",
@@ -50,12 +53,17 @@ def block_keys(i: int) -> list[str]:
 
 def reference_keys(config: SEDDConfig) -> list[str]:
     """The reference state-dict keys, in the reference order."""
-    return reference_keys_for(config.n_blocks)
+    return reference_keys_for(config.n_blocks, config.time_conditioning)
 
 
-def reference_keys_for(n_blocks: int) -> list[str]:
+def conditioning_keys(time_conditioning: str = "sigma") -> tuple[str, ...]:
+    """The keys of the conditioning vector's parameters: sigma_map's, or the constant ``cond``."""
+    return SIGMA_MAP_KEYS if time_conditioning == "sigma" else (COND_KEY,)
+
+
+def reference_keys_for(n_blocks: int, time_conditioning: str = "sigma") -> list[str]:
     """The reference state-dict keys of a model with ``n_blocks`` blocks, in order."""
-    keys = [EMBEDDING, *SIGMA_MAP_KEYS, ROTARY_INV_FREQ]
+    keys = [EMBEDDING, *conditioning_keys(time_conditioning), ROTARY_INV_FREQ]
     for i in range(n_blocks):
         keys += block_keys(i)
     return keys + list(FINAL_KEYS)
@@ -76,14 +84,19 @@ def expected_shapes(config: SEDDConfig) -> dict[str, tuple[int, ...]]:
         "adaLN_modulation.weight": (6 * H, C),
         "adaLN_modulation.bias": (6 * H,),
     }
-    shapes = {
-        EMBEDDING: (V, H),
-        "sigma_map.mlp.0.weight": (C, TIMESTEP_FREQ_DIM),
-        "sigma_map.mlp.0.bias": (C,),
-        "sigma_map.mlp.2.weight": (C, C),
-        "sigma_map.mlp.2.bias": (C,),
-        ROTARY_INV_FREQ: (config.head_dim // 2,),
-    }
+    shapes = {EMBEDDING: (V, H)}
+    if config.time_conditioning == "sigma":
+        shapes.update(
+            {
+                "sigma_map.mlp.0.weight": (C, TIMESTEP_FREQ_DIM),
+                "sigma_map.mlp.0.bias": (C,),
+                "sigma_map.mlp.2.weight": (C, C),
+                "sigma_map.mlp.2.bias": (C,),
+            }
+        )
+    else:
+        shapes[COND_KEY] = (C,)
+    shapes[ROTARY_INV_FREQ] = (config.head_dim // 2,)
     for i in range(config.n_blocks):
         shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
     shapes.update(

@@ -74,6 +74,21 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(self.sinusoidal_features(sigma, self.freq_dim))
 
 
+class ConstantConditioning(nn.Module):
+    """The conditioning vector c of a time-independent model: a learned constant ``cond``.
+
+    Ones at init: the adaLN projections start at zero, and a zero c would leave both without a
+    gradient. forward(batch) -> c (batch, cond_dim), used as is (no SiLU).
+    """
+
+    def __init__(self, cond_dim: int):
+        super().__init__()
+        self.cond = nn.Parameter(torch.ones(cond_dim))
+
+    def forward(self, batch: int):
+        return self.cond[None].expand(batch, -1)
+
+
 class Rotary(nn.Module):
     """Rotary embedding, base 10000, full head dim, rotate-half (non-interleaved) style."""
 
@@ -158,7 +173,10 @@ class SEDD(nn.Module):
         self.config = config
         H, C = config.hidden_size, config.cond_dim
         self.vocab_embed = EmbeddingLayer(H, config.vocab_rows)
-        self.sigma_map = TimestepEmbedder(C)
+        if config.time_conditioning == "sigma":
+            self.sigma_map = TimestepEmbedder(C)
+        else:
+            self.cond_map = ConstantConditioning(C)
         self.rotary_emb = Rotary(config.head_dim)
         self.blocks = nn.ModuleList(
             DDiTBlock(H, config.n_heads, C, config.dropout) for _ in range(config.n_blocks)
@@ -172,12 +190,21 @@ class SEDD(nn.Module):
                 f"{tuple(sigma.shape)}"
             )
         x = self.vocab_embed(indices)
-        c = F.silu(self.sigma_map(sigma))
+        if self.config.time_conditioning == "sigma":
+            c = F.silu(self.sigma_map(sigma))
+        else:
+            c = self.cond_map(indices.shape[0])
         cos, sin = self.rotary_emb(indices.shape[1])
         for block in self.blocks:
             x = block(x, c, cos, sin)
         x = self.output_layer(x, c)
-        if self.config.scale_by_sigma:
+        if self.config.time_conditioning == "none":
+            # log p(y | x_t) over the data tokens (the MASK column left out of the normaliser)
+            # minus log(e^sigma - 1): the exact absorbing score's dependence on sigma.
+            data = x[..., : self.config.tokens].float()
+            lse = torch.logsumexp(data, dim=-1, keepdim=True).to(x.dtype)
+            x = x - lse - self.log_expm1(sigma).to(x.dtype)[:, None, None]
+        elif self.config.scale_by_sigma:
             x = x - self.log_expm1(sigma).to(x.dtype)[:, None, None] - math.log(x.shape[-1] - 1)
         return torch.scatter(x, -1, indices[..., None], torch.zeros_like(x[..., :1]))
 

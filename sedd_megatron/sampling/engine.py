@@ -19,6 +19,15 @@ tokens; the prompt is clamped again before the denoiser and on the output. Two m
   device starts in the reference's state (``seed`` given: ``torch.manual_seed(seed)``; None:
   left as it is) and the batch is the reference's batch, drawn in its order (samples then depend
   on the batch size and composition).
+
+Reused scores (``SamplingOptions.reuse_unchanged``; docs/math.md §8.6): a row in which no
+token changed since its last forward pass is not run through the model again; its cached
+log-score is moved to the new sigma by log(e^sigma_old - 1) - log(e^sigma_new - 1) on every
+column but the current token's (which stays 0). For a time-independent model this is the
+model's own output (up to float rounding); the forward pass runs only on the changed rows, or
+not at all. The decision depends on the tokens alone, which every rank of a replica shares, so
+all ranks take it alike. ``Sampler.stats`` counts the forward passes and the rows they
+evaluated.
 """
 
 from collections.abc import Callable, Sequence
@@ -50,6 +59,22 @@ from .weights import (
 )
 
 
+def _log_expm1(sigma: torch.Tensor) -> torch.Tensor:
+    """log(e^sigma - 1) in float32, computed as the model's output shift computes it."""
+    sigma = sigma.float()
+    return torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()
+
+
+class _ScoreCache:
+    """The tokens of the last step; per row, the log-score of its last forward pass and the
+    log(e^sigma - 1) of that pass (last pipeline stage only)."""
+
+    def __init__(self):
+        self.x = None
+        self.log_score = None
+        self.log_expm1 = None
+
+
 class Sampler:
     """Draws token sequences from a score model (``backends``) with ``options``."""
 
@@ -66,6 +91,9 @@ class Sampler:
         self.steps = schedule(
             model.noise, options.steps, options.predictor, options.eps, options.denoise
         )
+        self.reuse = options.reuse_for(bool(getattr(model, "time_independent", False)))
+        # forward passes, rows they evaluated, and rows whose score was reused instead
+        self.stats = {"forward_passes": 0, "rows_evaluated": 0, "rows_reused": 0}
 
     def sample(
         self,
@@ -99,10 +127,15 @@ class Sampler:
             x = self._limit(len(sample_ids), length, device)
             draw = self._draw_sharded
         x = self.model.share_tokens(x)
+        cache = _ScoreCache() if self.reuse else None
         for step in self.steps:
             x = project(x)
             sigma = torch.full((batch,), step.sigma, dtype=torch.float32, device=device)
-            log_score = self.model.log_score(x, sigma)
+            if cache is None:
+                log_score = self.model.log_score(x, sigma)
+                self._count(batch, batch)
+            else:
+                log_score = self._reused_log_score(cache, x, sigma)
             new = x.clone()
             if self.model.is_last_stage:
                 new, weights = draw(step, x, log_score, sample_ids)
@@ -112,6 +145,51 @@ class Sampler:
             if progress is not None:
                 progress()
         return project(x)
+
+    def _count(self, evaluated: int, batch: int) -> None:
+        self.stats["forward_passes"] += evaluated > 0
+        self.stats["rows_evaluated"] += evaluated
+        self.stats["rows_reused"] += batch - evaluated
+
+    def _reused_log_score(self, cache: "_ScoreCache", x, sigma):
+        """The log-score at (x, sigma): the model's on the rows that changed since their last
+        forward pass, the cached one moved to ``sigma`` on the others."""
+        batch = x.shape[0]
+        if cache.x is None:
+            changed = torch.ones(batch, dtype=torch.bool, device=x.device)
+        else:
+            changed = (x != cache.x).any(dim=-1)
+        rows = changed.nonzero().flatten()  # a host sync: the same decision on every rank
+        everything = len(rows) == batch
+        if everything:
+            fresh = self.model.log_score(x, sigma)
+        elif len(rows):
+            fresh = self.model.log_score(x[rows], sigma[rows])
+        else:
+            fresh = None
+        self._count(len(rows), batch)
+        cache.x = x
+        if not self.model.is_last_stage:
+            return None
+        log_expm1 = _log_expm1(sigma)
+        if everything:
+            cache.log_score, cache.log_expm1 = fresh, log_expm1
+            return fresh
+        # Cached rows keep the score of their own forward pass (one shift, no drift).
+        if fresh is not None:
+            cache.log_score[rows] = fresh
+            cache.log_expm1[rows] = log_expm1[rows]
+        log_score = cache.log_score + (cache.log_expm1 - log_expm1)[:, None, None]
+        self._zero_current(log_score, x)
+        return log_score
+
+    def _zero_current(self, log_score, x) -> None:
+        """Log-score 0 at each position's current token (where it is in this rank's shard)."""
+        local = x - self.model.vocab_start
+        here = (local >= 0) & (local < self.model.vocab_end - self.model.vocab_start)
+        index = local.clamp(0, log_score.shape[-1] - 1)[..., None]
+        current = log_score.gather(-1, index)
+        log_score.scatter_(-1, index, torch.where(here[..., None], 0.0, current))
 
     def _limit(self, batch, length, device):
         draws = {}

@@ -255,20 +255,28 @@ def iter_records(
     options: SamplingOptions | None = None,
     progress: bool = False,
     extra_settings: dict | None = None,
+    stats: dict | None = None,
 ) -> Iterator[list[dict]]:
     """The records of :func:`generate`, one list per finished round of batches, in sample
     order, on every rank (every rank must consume all of it). The settings and the prompts are
-    checked before this returns (ConfigError, PromptError)."""
+    checked before this returns (ConfigError, PromptError). ``stats``, if given, is kept equal
+    to the sampler's counts (``Sampler.stats``: forward passes, rows evaluated and reused) of
+    this rank's replica; records' settings say ``"reuse_scores": true`` when scores are
+    reused."""
     check_run(num_samples, batch_size, seed)
     encode = tokenizer.encode if tokenizer is not None else ids_encoder
     conditions = conditions_for(prompts, encode, model.seq_length, model.graph.num_tokens)
     options = options or SamplingOptions()
     sampler = Sampler(model, options)
     settings = {**options.to_dict(), "seq_length": model.seq_length, **(extra_settings or {})}
+    if sampler.reuse:
+        settings["reuse_scores"] = True
     decode = tokenizer.decode if tokenizer else None
 
     def records() -> Iterator[list[dict]]:
         for results in iter_samples(sampler, conditions, num_samples, batch_size, seed, progress):
+            if stats is not None:
+                stats.update(sampler.stats)
             yield make_records(results, prompts, decode, seed, settings)
 
     return records()

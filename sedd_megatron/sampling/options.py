@@ -98,13 +98,18 @@ def check_run(
 class SamplingOptions:
     """predictor: analytic (default), euler or none (only the denoiser draws); steps (>= 1);
     eps: the last time, in (0, 1); denoise: final denoising step; fp32_sampling: the
-    reference's float32 draws. Invalid values raise ConfigError."""
+    reference's float32 draws; reuse_unchanged: rows in which no token changed since the last
+    forward pass reuse that pass's log-score, shifted to the new sigma, instead of running the
+    model again (None: on for time-independent models, where it is exact, off otherwise; True
+    on a sigma-conditioned model is an approximation; not with fp32_sampling). Invalid values
+    raise ConfigError."""
 
     predictor: str = "analytic"
     steps: int = 128
     eps: float = 1e-5
     denoise: bool = True
     fp32_sampling: bool = False
+    reuse_unchanged: bool | None = None
 
     def __post_init__(self):
         check_predictor(self.predictor)
@@ -113,6 +118,24 @@ class SamplingOptions:
         for name in ("denoise", "fp32_sampling"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.reuse_unchanged is not None and not isinstance(self.reuse_unchanged, bool):
+            raise ConfigError(
+                f"reuse_unchanged must be True, False or None (auto), got {self.reuse_unchanged!r}"
+            )
+        if self.reuse_unchanged and self.fp32_sampling:
+            raise ConfigError(
+                "reuse_unchanged cannot be combined with fp32_sampling (the reference's draws "
+                "run the model at every step)"
+            )
+
+    def reuse_for(self, time_independent: bool) -> bool:
+        """Whether the sampler reuses unchanged rows' scores for a model of this kind."""
+        if self.fp32_sampling:
+            return False
+        return time_independent if self.reuse_unchanged is None else self.reuse_unchanged
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["reuse_unchanged"] is None:  # auto: recorded by the sampler as "reuse_scores"
+            del out["reuse_unchanged"]
+        return out

@@ -99,6 +99,14 @@ def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="absorb output shift by -log(e^sigma - 1) (default: on for absorb)",
     )
     group.add_argument(
+        "--sedd-time-conditioning",
+        choices=("sigma", "none"),
+        default="sigma",
+        help="sigma: the network is conditioned on the noise level (the reference); none: "
+        "time-independent absorbing SEDD, log-score = log p(y | x_t) - log(e^sigma - 1) with a "
+        "learned constant conditioning vector (absorb only; lets the sampler reuse scores)",
+    )
+    group.add_argument(
         "--sedd-fused-kernels",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -217,6 +225,14 @@ def validate_sedd_args(args) -> None:
     problems = training_setting_problems(args)
     if args.sedd_scale_by_sigma and not graph.sigma_scaling:
         problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")
+    time_conditioning = getattr(args, "sedd_time_conditioning", "sigma")
+    if time_conditioning == "none" and args.sedd_graph != "absorb":
+        problems.append("--sedd-time-conditioning none is only defined for --sedd-graph absorb")
+    elif time_conditioning == "none" and not args.sedd_scale_by_sigma:
+        problems.append(
+            "--sedd-time-conditioning none divides by e^sigma - 1 itself: drop "
+            "--no-sedd-scale-by-sigma"
+        )
     if not 0.0 <= args.ema_decay < 1.0:
         problems.append(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if not 0.0 < args.sedd_sampling_eps < 1.0:

@@ -40,6 +40,8 @@ def sedd_config_from_args(args, num_tokens: int) -> SEDDTransformerConfig:
     namespace.num_tokens = num_tokens
     namespace.cond_dim = args.sedd_cond_dim
     namespace.scale_by_sigma = args.sedd_scale_by_sigma
+    # older checkpoints' args lack the flag: the reference (sigma-conditioned) model
+    namespace.time_conditioning = getattr(args, "sedd_time_conditioning", "sigma")
     namespace.fused_kernels = getattr(args, "sedd_fused_kernels", True)  # older checkpoints: on
     return core_transformer_config_from_args(namespace, config_class=SEDDTransformerConfig)
 

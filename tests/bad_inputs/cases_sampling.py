@@ -41,6 +41,11 @@ CASES = [
          r"--seq-length: seq_length must be positive, got -8"),
     Case("generate: --iteration -1 (torch_dist)", megatron("--iteration", "-1"),
          r"--iteration: iteration must be non-negative, got -1"),
+    Case("generate: --reuse-scores on with --fp32-sampling",
+         plain("--reuse-scores", "on", "--fp32-sampling", "--output", OUT),
+         r"--reuse-scores on cannot be combined with --fp32-sampling"),
+    Case("generate: --reuse-scores unknown", plain("--reuse-scores", "always"),
+         r"--reuse-scores: invalid choice: 'always'"),
     Case("generate: --seed -1", plain("--seed", "-1"), r"--seed: seed must be non-negative"),
     # output paths (before the model loads)
     Case("generate: --output an existing directory", plain("--output", "{tmp}/outdir"),

@@ -48,6 +48,14 @@ def ids_up_to(high: int):
 
 CASES = [
     # learning-rate schedule
+    Case("pretrain: --sedd-time-conditioning none on the uniform graph",
+         mock("--sedd-graph", "uniform", "--sedd-time-conditioning", "none"),
+         r"--sedd-time-conditioning none is only defined for --sedd-graph absorb"),
+    Case("pretrain: --sedd-time-conditioning none without sigma scaling",
+         mock("--sedd-time-conditioning", "none", "--no-sedd-scale-by-sigma"),
+         r"--sedd-time-conditioning none divides by e\^sigma - 1 itself"),
+    Case("pretrain: --sedd-time-conditioning unknown", mock("--sedd-time-conditioning", "t"),
+         r"--sedd-time-conditioning: invalid choice: 't'"),
     Case("pretrain: --lr -1", mock("--lr", "-1"), r"--lr must not be negative, got -1\.0"),
     Case("pretrain: --lr-warmup-iters -5", mock("--lr-warmup-iters", "-5"),
          r"--lr-warmup-iters must not be negative, got -5"),

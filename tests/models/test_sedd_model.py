@@ -57,3 +57,19 @@ def test_parallel_layout_matches_plain_twin_and_reference(model_name, layout, tr
         # The reference's float32 uniform ratio loses up to ~4e-4 (conformance README).
         tolerance = 1e-5 if model_name == "tiny_absorb" else 1e-3
         assert result[f"conformance_loss_{name}"] < tolerance
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", ["tp1", "tp2"])
+def test_time_independent_model_matches_plain_twin(layout):
+    """time_conditioning "none": the constant conditioning vector, and the log-softmax over the
+    data tokens, which under TP needs the vocab-parallel logsumexp (forward and backward)."""
+    nproc, flags = LAYOUTS[layout]
+    args = [str(CONFORMANCE_DIR / "tiny_absorb"), *flags, "--time-independent"]
+    out = run_torchrun(WORKER, nproc, args, timeout=240, env={"SEDD_TRITON_ON_CPU": "0"})
+    result = parse_result(out.stdout)
+    assert result["bit_identical_round_trip"]
+    assert result["grads_checked"] == 27  # 30 - 4 sigma_map tensors + cond
+    assert result["log_score"] < 1e-5
+    assert result["loss"] < 1e-5
+    assert result["grad_max"] < 1e-5, f"worst gradient: {result['grad_worst']}"

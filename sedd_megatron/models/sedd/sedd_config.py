@@ -14,6 +14,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from sedd_megatron.diffusion import GRAPHS as GRAPH_CLASSES
 from sedd_megatron.diffusion import get_graph
+from sedd_megatron.errors import ConfigError
 
 GRAPHS = tuple(GRAPH_CLASSES)  # the registered graph names
 
@@ -29,6 +30,10 @@ class SEDDTransformerConfig(TransformerConfig):
         num_tokens: size of the data vocabulary (50257 for GPT-2).
         cond_dim: width of the noise-level conditioning vector c.
         scale_by_sigma: shift the absorb output by -log(e^sigma - 1) - log(V' - 1).
+        time_conditioning: "sigma" (the network sees sigma; the reference) or "none"
+            (time-independent absorbing SEDD: a learned constant conditioning vector ``cond``
+            replaces the sigma embedder, and the log-score is the log-softmax over the data
+            tokens minus log(e^sigma - 1); docs/math.md §8.6). "none" needs the absorb graph.
         frequency_embedding_size: width of the sinusoidal embedding of sigma.
         has_cond_embedder: tells Megatron's finalize_model_grads to all-reduce the conditioning
             embedder's gradients across pipeline stages (every stage holds a copy).
@@ -41,6 +46,7 @@ class SEDDTransformerConfig(TransformerConfig):
     num_tokens: int = 50257
     cond_dim: int = 128
     scale_by_sigma: bool = True
+    time_conditioning: str = "sigma"
     frequency_embedding_size: int = 256
     has_cond_embedder: bool = True
     fused_kernels: bool = True
@@ -80,6 +86,21 @@ class SEDDTransformerConfig(TransformerConfig):
         if self.scale_by_sigma and not GRAPH_CLASSES[self.graph].sigma_scaling:
             raise ValueError(
                 "SEDDTransformerConfig.scale_by_sigma is only defined for the absorb graph"
+            )
+        if self.time_conditioning not in ("sigma", "none"):
+            raise ConfigError(
+                "SEDDTransformerConfig.time_conditioning must be 'sigma' or 'none', "
+                f"got {self.time_conditioning!r}"
+            )
+        if self.time_conditioning == "none" and self.graph != "absorb":
+            raise ConfigError(
+                "SEDDTransformerConfig.time_conditioning 'none' is only defined for the absorb "
+                f"graph, got {self.graph!r}"
+            )
+        if self.time_conditioning == "none" and not self.scale_by_sigma:
+            raise ConfigError(
+                "SEDDTransformerConfig.time_conditioning 'none' divides by e^sigma - 1: it needs "
+                "scale_by_sigma=True"
             )
         if self.normalization != "LayerNorm":
             raise ValueError(f"SEDD uses LayerNorm, got normalization={self.normalization!r}")

@@ -117,6 +117,24 @@ class TimestepEmbedder(torch.nn.Module):
         return F.silu(self.mlp(temb))
 
 
+class ConstantConditioning(torch.nn.Module):
+    """The conditioning vector c of a time-independent model (``time_conditioning="none"``):
+    a learned constant ``cond`` [cond_dim], ones at init (the zero-initialised adaLN projections
+    need a nonzero c to get a gradient). Replicated on every TP rank and pipeline stage, like
+    the noise-level embedder it replaces. forward(batch) -> c [batch, cond_dim] (no SiLU).
+    """
+
+    def __init__(self, config, cond_dim: int):
+        super().__init__()
+        self.cond = torch.nn.Parameter(
+            torch.ones(cond_dim, device=param_device(config), dtype=config.params_dtype)
+        )
+        mark_replicated(self, config, across_pipeline=True)
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.cond[None].expand(batch, -1)
+
+
 class BidirectionalAttention(MegatronModule):
     """Core attention without a mask via torch's scaled_dot_product_attention.
 

@@ -19,7 +19,11 @@ from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
 from sedd_megatron.models.sedd.score_entropy import vocab_parallel_score_entropy_from_logits
 from sedd_megatron.models.sedd.sedd_config import SEDDTransformerConfig
-from sedd_megatron.models.sedd.sedd_layers import SEDDFinalLayer, TimestepEmbedder
+from sedd_megatron.models.sedd.sedd_layers import (
+    ConstantConditioning,
+    SEDDFinalLayer,
+    TimestepEmbedder,
+)
 
 
 def embedding_init(weight: torch.Tensor) -> torch.Tensor:
@@ -49,6 +53,45 @@ class TokenEmbedding(MegatronModule):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self.word_embeddings(input_ids)  # [s/tp, b, h] under SP, else [b, s, h]
         return out if self.sequence_parallel else out.transpose(0, 1).contiguous()
+
+
+class _VocabParallelLogSumExp(torch.autograd.Function):
+    """logsumexp over the first ``num_valid`` columns of every TP rank's vocabulary shard.
+
+    Forward: all-reduce MAX of the local maxima, then all-reduce SUM of exp(logits - max).
+    Backward: every rank's loss is the same TP-reduced value but only sees its own shard's use
+    of the result, so the incoming gradients are all-reduced (SUM) before the softmax product.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, num_valid: int, group):
+        valid = logits[..., :num_valid]
+        if num_valid > 0:
+            local_max = valid.amax(dim=-1)
+        else:
+            local_max = logits.new_full(logits.shape[:-1], float("-inf"))
+        global_max = local_max.clone()
+        if group.size() > 1:
+            torch.distributed.all_reduce(global_max, torch.distributed.ReduceOp.MAX, group=group)
+        shifted = (valid - global_max[..., None]).exp_()
+        total = shifted.sum(dim=-1)
+        if group.size() > 1:
+            torch.distributed.all_reduce(total, group=group)
+        lse = total.log_() + global_max
+        ctx.save_for_backward(logits, lse)
+        ctx.num_valid, ctx.group = num_valid, group
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        logits, lse = ctx.saved_tensors
+        grad_lse = grad_lse.contiguous()
+        if ctx.group.size() > 1:
+            torch.distributed.all_reduce(grad_lse, group=ctx.group)
+        grad = torch.zeros_like(logits)
+        valid = logits[..., : ctx.num_valid]
+        grad[..., : ctx.num_valid] = (valid - lse[..., None]).exp() * grad_lse[..., None]
+        return grad, None, None
 
 
 class SEDDModel(LanguageModule):
@@ -90,7 +133,12 @@ class SEDDModel(LanguageModule):
 
         if pre_process:
             self.embedding = TokenEmbedding(config, vocab_size)
-        self.sigma_map = TimestepEmbedder(config, config.cond_dim, config.frequency_embedding_size)
+        if config.time_conditioning == "sigma":
+            self.sigma_map = TimestepEmbedder(
+                config, config.cond_dim, config.frequency_embedding_size
+            )
+        else:
+            self.cond_map = ConstantConditioning(config, config.cond_dim)
         self.rotary_pos_emb = RotaryEmbedding(
             kv_channels=config.kv_channels,
             rotary_percent=1.0,
@@ -109,6 +157,19 @@ class SEDDModel(LanguageModule):
         )
         if post_process:
             self.output_layer = SEDDFinalLayer(config, vocab_size)
+
+    def conditioning(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The adaLN conditioning vector c [b, cond_dim]."""
+        if self.config.time_conditioning == "sigma":
+            return self.sigma_map(sigma)
+        return self.cond_map(sigma.shape[0])
+
+    def _data_logsumexp(self, logits: torch.Tensor) -> torch.Tensor:
+        """[s, b] logsumexp of the float32 logits over the data tokens (MASK and padding
+        columns excluded), across the TP group."""
+        start, _ = self.vocab_range()
+        num_valid = max(0, min(logits.shape[-1], self.config.num_tokens - start))
+        return _VocabParallelLogSumExp.apply(logits, num_valid, self.tp_group)
 
     def set_input_tensor(self, input_tensor) -> None:
         if isinstance(input_tensor, list):
@@ -153,7 +214,7 @@ class SEDDModel(LanguageModule):
             (float32; padded rows are -inf), or the per-token score entropy when x0 is given.
             On other stages: the hidden states [s, b, h] for the next stage.
         """
-        cond = self.sigma_map(sigma)
+        cond = self.conditioning(sigma)
         hidden = self.embedding(input_ids) if self.pre_process else None
         rotary = self.rotary_pos_emb(self._sequence_length(input_ids))
         hidden = self.decoder(
@@ -163,6 +224,10 @@ class SEDDModel(LanguageModule):
             return hidden
 
         logits = self.output_layer(hidden, cond)  # [s, b, V/tp]
+        if self.config.time_conditioning == "none":
+            # log p(y | x_t): the shift below adds -log(e^sigma - 1).
+            logits = logits.float()
+            logits = logits - self._data_logsumexp(logits)[..., None]
         if x0 is None:
             return self._postprocess(logits.float(), input_ids, sigma, padding=float("-inf"))
         # The loss: the fused op applies _postprocess's shift / 0 at x_t / padding itself and
@@ -185,11 +250,14 @@ class SEDDModel(LanguageModule):
 
     def _score_shift(self, sigma: torch.Tensor) -> torch.Tensor | None:
         """[b] float32 log(e^sigma - 1) + log(V' - 1) subtracted from the logits when
-        ``scale_by_sigma`` (log-score = logits - shift), else None."""
+        ``scale_by_sigma`` (log-score = logits - shift), else None. Time-independent models:
+        log(e^sigma - 1) alone (their logits are already log-normalised over the data tokens)."""
         if not self.config.scale_by_sigma:
             return None
         sigma = sigma.float()
         esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        if self.config.time_conditioning == "none":
+            return esigm1.log()
         return esigm1.log() + math.log(self.config.vocab_rows - 1)
 
     def _postprocess(self, logits, x_t, sigma, padding: float) -> torch.Tensor:
@@ -227,7 +295,8 @@ class SEDDModel(LanguageModule):
         # first one is the main replica, the others are marked as copies.
         copy_index = self.pp_group.rank() + self.pp_group.size() * (self.vp_stage or 0)
         for key, value in sharded.items():
-            if key.startswith(f"{prefix}sigma_map.") and hasattr(value, "replica_id"):
+            conditioning = key.startswith((f"{prefix}sigma_map.", f"{prefix}cond_map."))
+            if conditioning and hasattr(value, "replica_id"):
                 replica = value.replica_id
                 replica = (copy_index, *replica[1:]) if isinstance(replica, tuple) else copy_index
                 value.replica_id = replica

@@ -38,6 +38,7 @@ _BLOCK = {
 _GLOBAL = {
     layout.EMBEDDING: ("embedding.word_embeddings.weight", "vocab"),
     **{key: (key, None) for key in layout.SIGMA_MAP_KEYS},
+    layout.COND_KEY: (layout.COND_KEY, None),  # time_conditioning "none"
     "output_layer.norm_final.weight": ("output_layer.norm_final.weight", None),
     "output_layer.linear.weight": ("output_layer.linear.weight", "vocab"),
     "output_layer.linear.bias": ("output_layer.linear.bias", "vocab"),
@@ -166,7 +167,8 @@ def gather_reference(model, tensors: dict[str, torch.Tensor]) -> dict[str, torch
                 merged.setdefault(key, tensor)  # replicated keys: every stage holds a copy
     else:
         merged = stage
-    order = [k for k in layout.reference_keys_for(config.num_layers) if k != layout.ROTARY_INV_FREQ]
+    keys = layout.reference_keys_for(config.num_layers, config.time_conditioning)
+    order = [k for k in keys if k != layout.ROTARY_INV_FREQ]
     missing = [k for k in order if k not in merged]
     if missing:
         raise CheckpointError(f"gathered state dict lacks {missing[:6]}")
@@ -179,10 +181,11 @@ def reference_state_dict(model, include_inv_freq: bool = True) -> dict[str, torc
     if not include_inv_freq:
         return gathered
     head_dim = model.config.hidden_size // model.config.num_attention_heads
+    last_conditioning_key = layout.conditioning_keys(model.config.time_conditioning)[-1]
     out = {}
     for key, tensor in gathered.items():
         out[key] = tensor
-        if key == layout.SIGMA_MAP_KEYS[-1]:
+        if key == last_conditioning_key:
             out[layout.ROTARY_INV_FREQ] = layout.rotary_inv_freq(head_dim)
     return out
 
@@ -208,5 +211,6 @@ def transformer_config_kwargs(published) -> dict:
         num_tokens=published.tokens,
         cond_dim=published.cond_dim,
         scale_by_sigma=published.scale_by_sigma,
+        time_conditioning=published.time_conditioning,
         hidden_dropout=published.dropout,
     )
