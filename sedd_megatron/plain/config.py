@@ -89,7 +89,7 @@ class SEDDConfig:
                 f"got {self.time_conditioning!r}"
             )
         if self.time_conditioning == "none":
-            if self.graph != "absorb":
+            if not GRAPHS[self.graph].sigma_scaling:
                 raise ConfigError(
                     "model.time_conditioning 'none' is only defined for graph.type "
                     f"'absorb', got {self.graph!r}"

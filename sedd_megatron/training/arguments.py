@@ -226,7 +226,7 @@ def validate_sedd_args(args) -> None:
     if args.sedd_scale_by_sigma and not graph.sigma_scaling:
         problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")
     time_conditioning = getattr(args, "sedd_time_conditioning", "sigma")
-    if time_conditioning == "none" and args.sedd_graph != "absorb":
+    if time_conditioning == "none" and not graph.sigma_scaling:
         problems.append("--sedd-time-conditioning none is only defined for --sedd-graph absorb")
     elif time_conditioning == "none" and not args.sedd_scale_by_sigma:
         problems.append(

@@ -37,6 +37,8 @@ def as_reference(saved: dict, prefix: str, n_blocks: int, n_heads: int, rows: in
     """Reference-layout tensors from a TP=1 checkpoint's stacked-layer Megatron tensors."""
     out = {}
     for ref_key, (mg_key, kind) in adapter._GLOBAL.items():
+        if prefix + mg_key not in saved:  # cond_map.cond: time-independent models only
+            continue
         tensor = saved[prefix + mg_key]
         out[ref_key] = tensor[:rows] if kind == "vocab" else tensor
     for ref_suffix, (mg_suffix, kind) in adapter._BLOCK.items():

@@ -92,7 +92,7 @@ class SEDDTransformerConfig(TransformerConfig):
                 "SEDDTransformerConfig.time_conditioning must be 'sigma' or 'none', "
                 f"got {self.time_conditioning!r}"
             )
-        if self.time_conditioning == "none" and self.graph != "absorb":
+        if self.time_conditioning == "none" and not GRAPH_CLASSES[self.graph].sigma_scaling:
             raise ConfigError(
                 "SEDDTransformerConfig.time_conditioning 'none' is only defined for the absorb "
                 f"graph, got {self.graph!r}"
