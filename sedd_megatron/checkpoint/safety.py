@@ -190,21 +190,15 @@ def check_byte_items(directory: str | os.PathLike, metadata) -> None:
             data = io.BytesIO(stream.read(info.length))
         try:
             torch.load(data, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "Weights only load failed" not in str(err):
-                raise CheckpointError(
-                    f"{directory / info.relative_path}: the item {index.fqn} is corrupt "
-                    f"({one_line(err)})"
-                ) from None
-            raise CheckpointError(
-                f"refusing to load {directory / info.relative_path}: its item {index.fqn} "
-                f"{weights_only_reason(err).removeprefix('it ')}"
-            ) from None
         except Exception as err:  # corrupt zip/pickle data raises several kinds of error
-            raise CheckpointError(
-                f"{directory / info.relative_path}: the item {index.fqn} is corrupt "
-                f"({one_line(err)})"
-            ) from None
+            file = directory / info.relative_path
+            refused, detail = weights_only_failure(err)
+            if refused:
+                message = f"refusing to load {file}: its item {index.fqn} "
+                message += detail.removeprefix("it ")
+            else:
+                message = f"{file}: the item {index.fqn} is corrupt ({detail})"
+            raise CheckpointError(message) from None
 
 
 def check_dcp_dir(directory: str | os.PathLike):
@@ -274,18 +268,21 @@ def load_weights_only(path: str | os.PathLike, *, mmap: bool = False):
             if not mmap or "mmap" not in str(err):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            raise CheckpointError(f"refusing to load {path}: {weights_only_reason(err)}") from None
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: "
-            f"{one_line(err)})"
-        ) from None
     except Exception as err:  # corrupt zip/pickle data raises several kinds of error
+        refused, detail = weights_only_failure(err)
+        if refused:
+            raise CheckpointError(f"refusing to load {path}: {detail}") from None
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: "
-            f"{one_line(err)})"
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {detail})"
         ) from None
+
+
+def weights_only_failure(err: BaseException) -> tuple[bool, str]:
+    """Why ``torch.load(weights_only=True)`` failed: (True, the refusal's reason) when the data
+    needs more than weights-only unpickling, else (False, the error in one line: corrupt)."""
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        return True, weights_only_reason(err)
+    return False, one_line(err)
 
 
 def weights_only_reason(err: BaseException) -> str:
