@@ -31,6 +31,8 @@ from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl, truncate_
 _INSTALLED = {"done": False}
 #: What this process saw: per-step training records and validation losses (nats/token).
 HISTORY = {"train": [], "valid": []}
+#: The model chunks pretrain() trained (set by the wrapped setup_model_and_optimizer).
+TRAINED = {"model": None}
 
 
 _EVAL_PREFIX = {"value": ""}  # what evaluate_and_print_results is evaluating ("... test set")
@@ -41,9 +43,14 @@ def _record_validation(result, args) -> None:
     loss = (total_loss_dict or {}).get("lm loss")
     if loss is not None:
         split = "test" if "test set" in _EVAL_PREFIX["value"] else "valid"
-        HISTORY["valid"].append(
-            {"iteration": args.curr_iteration, "loss": float(loss), "split": split}
-        )
+        iterations = args.curr_iteration + 1  # optimizer steps done when it was evaluated
+        record = {"iteration": iterations, "loss": float(loss), "split": split}
+        # the in-loop evaluation at the last step and the one after training see the same
+        # weights (with different batches): keep the later one
+        if HISTORY["valid"] and HISTORY["valid"][-1]["iteration"] == iterations:
+            if HISTORY["valid"][-1]["split"] == split:
+                HISTORY["valid"].pop()
+        HISTORY["valid"].append(record)
 
 
 def _emas(model_chunks):
@@ -114,6 +121,7 @@ def install_training_hooks() -> None:
     @functools.wraps(original_setup)
     def setup_model_and_optimizer(*a, **kw):
         model, optimizer, scheduler = original_setup(*a, **kw)
+        TRAINED["model"] = model
         args = get_args()
         if args.sedd_metrics_file and torch.distributed.get_rank() == 0:
             truncate_jsonl(args.sedd_metrics_file, args.iteration)  # set by load_checkpoint

@@ -16,10 +16,6 @@ from sedd_megatron.errors import ConfigError, SEDDError
 _START = time.time()
 
 
-def _fail(message: str) -> None:
-    fail("pretrain_sedd.py", message)
-
-
 def check_data_paths(args, vocab_size: int | None = None) -> None:
     """Every data prefix must have its .bin and .idx (a clear error instead of a deep trace),
     and, given ``vocab_size`` (the tokenizer's), token ids below it: checked on each node's
@@ -75,7 +71,12 @@ def summarize(args) -> dict:
     from sedd_megatron.training.hooks import HISTORY  # lazy: imports megatron
 
     train = HISTORY["train"]
-    summary = {"checkpoint": args.save, "iterations": args.curr_iteration + 1 if train else 0}
+    iterations = args.curr_iteration + 1 if train else 0
+    summary = {
+        "checkpoint": args.save,
+        "iterations": iterations,
+        "tokens_trained": iterations * args.global_batch_size * args.seq_length,
+    }
     if len(train) >= 2:
         steps = len(train) - 1
         seconds = train[-1]["time"] - train[0]["time"]
@@ -89,10 +90,37 @@ def summarize(args) -> dict:
             summary[f"final_{split}_loss"] = losses[-1]
     if HISTORY["valid"]:
         summary["eval_with_ema"] = bool(args.eval_with_ema and args.ema_decay > 0)
+        tokens_per_iteration = args.global_batch_size * args.seq_length
+        summary["validation"] = [
+            {**r, "tokens": r["iteration"] * tokens_per_iteration} for r in HISTORY["valid"]
+        ]
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
+    """pretrain_sedd.py: train a SEDD model."""
+    run_training("pretrain_sedd.py", argv, _sedd_step_functions)
+
+
+def _sedd_step_functions(args):
+    from sedd_megatron.training.step import (  # lazy: megatron, after the CPU shim
+        make_forward_step,
+        model_provider,
+    )
+
+    return model_provider, make_forward_step(args)
+
+
+def run_training(script: str, argv, step_functions, after=None, extra_checks=None) -> dict:
+    """Start-up, argument and input checks, ``megatron.training.pretrain`` and the summary: the
+    body of pretrain_sedd.py, shared with the autoregressive baseline.
+
+    ``step_functions(args) -> (model_provider, forward_step)``, called once the arguments are
+    parsed (it imports Megatron lazily); ``extra_checks(args)`` may raise ConfigError before
+    anything is built; ``after(args, model_chunks) -> dict`` runs on every rank once training
+    is over, and its entries join the summary. Bad input exits 2 with one line naming
+    ``script``. Returns the summary.
+    """
     quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
     import torch
 
@@ -115,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # here, on every rank: Megatron builds them on rank 0 only, the others would hang
         load_dataset_helpers()
     except DatasetHelpersError as err:
-        _fail(str(err))
+        fail(script, str(err))
 
     from megatron.core.enums import ModelType
     from megatron.training import get_tokenizer, pretrain, set_startup_timestamps
@@ -125,35 +153,44 @@ def main(argv: list[str] | None = None) -> None:
         train_valid_test_datasets_provider,
     )
     from sedd_megatron.training.arguments import parse_args  # lazy: torch after _START
-    from sedd_megatron.training.hooks import install_training_hooks  # lazy: imports megatron
-    from sedd_megatron.training.step import (  # lazy: megatron, after the CPU shim
-        make_forward_step,
-        model_provider,
+    from sedd_megatron.training.hooks import (  # lazy: imports megatron
+        TRAINED,
+        install_training_hooks,
     )
 
     set_startup_timestamps(program_start=_START, main_entry=time.time())
     try:
         args = parse_args(argv)
+        if extra_checks is not None:
+            extra_checks(args)
         check_data_paths(args, get_tokenizer().vocab_size)
         check_load_paths(args)
     except (ConfigError, AssertionError, ValueError) as err:
-        _fail(str(err) or repr(err))
+        fail(script, str(err) or repr(err))
     restore_third_party_logging()  # start-up is over: Megatron's warnings matter from here
     install_training_hooks()
+    model_provider, forward_step = step_functions(args)
     try:
         pretrain(
             pretrain_cfg_container_from_args(args),
             train_valid_test_datasets_provider,
             ModelType.encoder_or_decoder,
-            make_forward_step(args),
+            forward_step,
             model_provider=model_provider,
         )
+        summary = summarize(args)
+        if after is not None:
+            summary.update(after(args, TRAINED["model"]) or {})
     except SEDDError as err:  # bad input found only once Megatron reads it (checkpoint, data)
-        _fail(str(err))
-    summary = summarize(args)
+        fail(script, str(err))
     if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
-        print("SEDD training summary: " + json.dumps(summary), flush=True)
+        print(f"{_title(script)} training summary: " + json.dumps(summary), flush=True)
         if args.save:
             os.makedirs(args.save, exist_ok=True)
             with atomic_open(os.path.join(args.save, "sedd_summary.json")) as f:
                 json.dump(summary, f, indent=2)
+    return summary
+
+
+def _title(script: str) -> str:
+    return "SEDD" if script == "pretrain_sedd.py" else os.path.splitext(script)[0]
