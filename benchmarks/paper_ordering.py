@@ -43,11 +43,11 @@ PRETRAIN_SEDD = REPO / "pretrain_sedd.py"
 PRETRAIN_AR = REPO / "benchmarks" / "pretrain_ar_baseline.py"
 EVAL_ELBO = REPO / "tools" / "eval_elbo_sedd.py"
 
-#: name -> (entry point, flags that select the model)
+#: name -> (entry point, the flags that select the model, as flag -> value)
 MODELS = {
-    "sedd-absorb": (PRETRAIN_SEDD, ["--sedd-graph", "absorb", "--sedd-noise", "loglinear"]),
-    "sedd-uniform": (PRETRAIN_SEDD, ["--sedd-graph", "uniform", "--sedd-noise", "geometric"]),
-    "ar": (PRETRAIN_AR, []),
+    "sedd-absorb": (PRETRAIN_SEDD, {"sedd-graph": "absorb", "sedd-noise": "loglinear"}),
+    "sedd-uniform": (PRETRAIN_SEDD, {"sedd-graph": "uniform", "sedd-noise": "geometric"}),
+    "ar": (PRETRAIN_AR, {}),
 }
 
 _TOY_MODEL = [
@@ -129,7 +129,8 @@ def corpus_dir(args, out: Path) -> Path:
 
 def training_command(name: str, args, corpus: Path, run_dir: Path) -> list[str]:
     size = SIZES[args.size]
-    script, model_flags = MODELS[name]
+    script, model = MODELS[name]
+    model_flags = [token for flag, value in model.items() for token in (f"--{flag}", value)]
     cmd = [
         str(script), "--config", str(REPO / size["config"]), *size["flags"], *model_flags,
         "--train-iters", str(args.iters), "--lr-warmup-iters", str(min(size["warmup"],
@@ -242,9 +243,10 @@ def likelihood_record(name: str, doc: dict) -> dict:
         "tokens": result["tokens"],
         "evaluations": result["evaluations"],
     }
-    for key in ("complete", "prior", "tail"):  # the terms the paper drops, when reported
-        if key in result:
-            record[key] = result[key]
+    if result.get("complete"):  # the two terms the paper drops, and the complete bound
+        record["prior_nats_per_token"] = result["prior"]["nats_per_token"]
+        record["tail"] = result["tail"]
+        record["complete"] = result["complete"]
     return record
 
 

@@ -47,7 +47,10 @@ def check_eval_args(ev) -> None:
         if ev.ar_eval_output is not None:
             raise ConfigError("--ar-eval-output needs --ar-eval-data")
         return
-    check_eval_data(ev.ar_eval_data)
+    try:
+        check_eval_data(ev.ar_eval_data)
+    except EvalError as err:
+        raise ConfigError(f"--ar-eval-data: {err}") from None
     check_int(ev.ar_eval_batch_size, "--ar-eval-batch-size", minimum=1, error=ConfigError)
     if ev.ar_eval_max_blocks is not None:
         check_int(ev.ar_eval_max_blocks, "--ar-eval-max-blocks", minimum=1, error=ConfigError)

@@ -27,3 +27,13 @@ CONFORMANCE_MODELS = ("tiny_absorb", "tiny_uniform")
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
     return CONFORMANCE_DIR
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict:
+    """PTB (real text, GPT-2 BPE) as indexed datasets: train (a 300 kB slice), valid, test."""
+    from sedd_megatron.datasets.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(str(out), sources=("ptb",), max_train_bytes=300_000, progress=False)
+    return {split: str(out / split) for split in ("train", "valid", "test")}

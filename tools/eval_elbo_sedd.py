@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """ELBO / perplexity bound of a SEDD model (paper protocol by default), with a confidence interval.
 
+The headline number is the paper's (the [t_eps, 1] term); the two terms the paper drops (the
+exact prior term and an estimate of the [0, t_eps] term, --tail-samples) are printed and stored
+beside it, with the complete bound they make (docs/math.md §6.1).
+
 Examples:
   # a published-layout directory, PTB test, the paper's 1000 t-samples per block
   python tools/eval_elbo_sedd.py --load runs/quickstart/export --data ptb-test
@@ -41,6 +45,7 @@ FLAGS = {
     "seq_length": "--seq-length",
     "max_blocks": "--blocks",
     "compare": "--compare",
+    "tail_samples": "--tail-samples",
 }
 
 
@@ -103,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "dividing --num-t-samples; default 10, 8, 5, 4 or 2 if one divides it)",
     )
     g.add_argument("--t-eps", type=float, default=1e-3, help="t ~ [t_eps, 1]")
+    g.add_argument(
+        "--tail-samples",
+        type=int,
+        help="model evaluations per block for the [0, t_eps] term of the complete bound "
+        f"(default: 2%% of --num-t-samples, at least {MIN_REPLICATES}; 0: off)",
+    )
     g.add_argument("--batch-size", type=int, default=8, help="sequences per model call")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--level", type=float, default=0.95, help="confidence level, in (0, 1)")
@@ -137,6 +148,7 @@ def check_settings(args) -> None:
         seq_length=args.seq_length,
         max_blocks=args.blocks,
         compare=compare_list(args),
+        tail_samples=args.tail_samples,
         names=FLAGS,
     )
     check_int(args.iteration, "--iteration", minimum=0, optional=True, error=EvalError)
@@ -213,6 +225,7 @@ def _main(argv) -> int:
             detokenizer=args.detokenizer,
             save_draws=args.save_draws,
             compare=compare,
+            tail_samples=args.tail_samples,
         )
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return 0
@@ -238,12 +251,40 @@ def print_summary(s: dict) -> None:
         f"{s['blocks']} blocks, {s['tokens']} tokens, {s['evaluations']} model evaluations",
         flush=True,
     )
+    print_dropped_terms(s)
     timing = s.get("timing") or {}
     if timing.get("evaluations_per_second"):
         print(
             f"{timing['seconds']:.1f} s, {timing['evaluations_per_second']:.1f} evaluations/s",
             flush=True,
         )
+
+
+def print_dropped_terms(s: dict) -> None:
+    """The prior and [0, t_eps] terms and the complete bound (absent from old summaries)."""
+    if "prior" not in s:
+        return
+    pct = round(100 * s["confidence_level"])
+    line = f"dropped terms: prior {s['prior']['nats_per_token']:.5f} nats/token (exact), "
+    tail = s.get("tail")
+    if tail is None:
+        print(line + "[0, t_eps] not estimated (--tail-samples 0)", flush=True)
+        return
+    lo, hi = tail["ci_nats_per_token"]
+    print(
+        line + f"[0, t_eps] {tail['nats_per_token']:.5f} nats/token ({pct}% CI {lo:.5f} .. "
+        f"{hi:.5f}, {tail['evaluations']} model evaluations)",
+        flush=True,
+    )
+    c = s["complete"]
+    lo, hi = c["ci_nats_per_token"]
+    plo, phi = c["ci_ppl_bound"]
+    print(
+        f"complete bound: {c['nats_per_token']:.4f} nats/token ({pct}% CI {lo:.4f} .. {hi:.4f}), "
+        f"{c['bits_per_token']:.4f} bits/token, perplexity <= {c['ppl_bound']:.3f} "
+        f"({pct}% CI {plo:.3f} .. {phi:.3f})",
+        flush=True,
+    )
 
 
 def print_comparison(rows: dict) -> None:

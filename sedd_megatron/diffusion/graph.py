@@ -227,6 +227,17 @@ class Graph(ABC):
         proposal; see ``sedd_megatron.evaluation.designs``)."""
 
     @abstractmethod
+    def prior_kl(self, sigma) -> torch.Tensor:
+        """KL(p_{sigma|0}(. | x0) || p_base) of one position at total noise ``sigma``, float64 of
+        sigma's shape: the prior term of the ELBO at sigma = sigma_bar(1).
+
+        p_base(x) = (1/N) sum_{x0 < N} p_{sigma|0}(x | x0) is the marginal at ``sigma`` of the
+        forward process started from a uniformly random data token (docs/math.md §6.1). By the
+        symmetry of the graph the KL is the same for every data token x0. (The sampler starts
+        from ``sample_limit``; for the absorbing graph that is a delta at MASK, against which
+        the KL is infinite, as p_{sigma|0} keeps mass e^{-sigma} on x0.)"""
+
+    @abstractmethod
     def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
         """The vocabulary reductions (:class:`ScoreEntropyStats`) over the columns held here."""
 
@@ -379,6 +390,13 @@ class Absorbing(Graph):
         integrand of a predictor with a constant per-token cross-entropy."""
         return torch.log(k) + torch.log(dsigma) - log_expm1(sigma)
 
+    def prior_kl(self, sigma) -> torch.Tensor:
+        """e^{-sigma} log N: p_base is MASK with probability 1 - e^{-sigma} and each data token
+        with probability e^{-sigma} / N ("MASK with leakage"); p_{sigma|0} differs from it only
+        on x0 (e^{-sigma} against e^{-sigma} / N)."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        return torch.exp(-sigma) * math.log(self.num_tokens)
+
     def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
         """exp_sum = sum_{y != M} e^{s_y} and at_x0 = s_{x0} over columns held by this shard.
 
@@ -515,6 +533,16 @@ class Uniform(Graph):
         redrawn position (its log-score enters with weight 1 / (e^sigma - 1))."""
         per_redrawn = math.log(self.num_tokens) * torch.exp(-log_expm1(sigma))
         return torch.log(dsigma) + torch.log(length + k * per_redrawn)
+
+    def prior_kl(self, sigma) -> torch.Tensor:
+        """p_base is uniform; with q = 1 - e^{-sigma}, p_{sigma|0} is 1 - q + q/N on x0 and q/N
+        elsewhere: KL = (1 + (N - 1) e^{-sigma})/N log(1 + (N - 1) e^{-sigma})
+        + (N - 1)/N q log q."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        n = self.num_tokens
+        stay = (n - 1) * torch.exp(-sigma)
+        q = -torch.expm1(-sigma)
+        return ((1 + stay) * torch.log1p(stay) + (n - 1) * torch.xlogy(q, q)) / n
 
     def score_entropy_stats(self, log_score, x_t, x0, vocab_offset: int = 0, num_valid=None):
         """Shard sums: exp_sum = sum_{y != x} e^{s_y}, log_sum = sum_{y != x} s_y, at_x0 = s_x0.

@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.stats import LN2
 
-def block_nlls(logits_fn, blocks: torch.Tensor, *, batch_size: int = 8, progress: bool = True,
-               device=None) -> np.ndarray:  # fmt: skip
+
+def block_nlls(
+    logits_fn, blocks: torch.Tensor, *, batch_size: int = 8, progress: bool = True, device=None
+) -> np.ndarray:
     """Per-block negative log-likelihood (nats, float64) of ``blocks`` (n, L)."""
     if batch_size < 1:
         raise EvalError(f"batch_size must be positive, got {batch_size}")
@@ -60,8 +62,9 @@ def ar_summary(nlls: np.ndarray, seq_length: int) -> dict:
     }
 
 
-def evaluate_ar(logits_fn, blocks: torch.Tensor, *, batch_size: int = 8, progress: bool = True,
-                device=None) -> dict:  # fmt: skip
+def evaluate_ar(
+    logits_fn, blocks: torch.Tensor, *, batch_size: int = 8, progress: bool = True, device=None
+) -> dict:
     """:func:`block_nlls` and :func:`ar_summary` of ``blocks``, with the wall time."""
     start = time.perf_counter()
     nlls = block_nlls(logits_fn, blocks, batch_size=batch_size, progress=progress, device=device)

@@ -2,7 +2,8 @@
 
 The draws of block b (t, counts, x_t) come from a generator seeded with (seed, b) only, so
 results do not depend on the batch size, the data-parallel layout, or which blocks are
-evaluated together.
+evaluated together. The [0, t_eps] term draws from a separate stream of each block,
+(seed, b, TAIL_STREAM), so adding it leaves the main term's draws unchanged.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+#: The stream of the [0, t_eps] term's draws (the main term's is stream 0).
+TAIL_STREAM = 1
 
-def block_generator(seed: int, block: int) -> torch.Generator:
-    """The CPU generator of one block's draws: a hash of (seed, block)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(block)]).generate_state(2)
+
+def block_generator(seed: int, block: int, stream: int = 0) -> torch.Generator:
+    """The CPU generator of one block's draws: a hash of (seed, block), or of (seed, block,
+    stream) for another stream of the same block (``stream`` > 0; independent of stream 0)."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(block)]
+    if stream:
+        entropy.append(int(stream))
+    state = np.random.SeedSequence(entropy).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -41,10 +49,10 @@ class BlockDraws:
     """Everything drawn and measured for one block; arrays are (replicates, points)."""
 
     block: int
-    t: np.ndarray
+    t: np.ndarray  # diffusion time (the tail term's draws: total noise sigma)
     weight: np.ndarray
     count: np.ndarray  # corrupted positions (given, or counted where x_t != x0)
-    loss: np.ndarray  # sum_l sigma_bar'(t) SE_l, nats per block
+    loss: np.ndarray  # sum_l sigma_bar'(t) SE_l, nats per block (the tail's: sum_l SE_l)
 
     @property
     def replicate_estimates(self) -> np.ndarray:

@@ -37,15 +37,19 @@ def evaluate_blocks(
     block_ids: list[int] | None = None,
     progress: bool = True,
     desc: str = "ELBO",
+    noise=None,
+    stream: int = 0,
 ) -> list[BlockDraws]:
     """Evaluate ``design`` on ``blocks[block_ids]`` (default: all); batches may span blocks.
 
-    Returns the BlockDraws of the evaluated blocks on reporting ranks, [] elsewhere.
+    ``noise`` (default: the model's) maps the design's t to (total noise, rate);
+    ``stream``: the blocks' generator stream (:func:`~.draws.block_generator`). Returns the
+    BlockDraws of the evaluated blocks on reporting ranks, [] elsewhere.
     """
     if batch_size < 1:
         raise EvalError(f"batch_size must be positive, got {batch_size}")
     ids = list(range(blocks.shape[0])) if block_ids is None else list(block_ids)
-    graph, noise = model.graph, model.noise
+    graph, noise = model.graph, model.noise if noise is None else noise
     per_block = design.evaluations
     pending: list[tuple] = []  # (block, offset, x0, x_t, sigma32, dsigma) chunks
     losses: dict[int, torch.Tensor] = {}  # on the device of the model's output
@@ -73,7 +77,7 @@ def evaluate_blocks(
             start += n
 
     for b in ids:
-        gen = block_generator(seed, b)
+        gen = block_generator(seed, b, stream)
         draws = design.draw(gen)
         t = draws.t.flatten()
         sigma, dsigma = noise(t)

@@ -5,7 +5,10 @@ what ``tools/eval_elbo_sedd.py`` prints).
 
 Protocol (the paper's, docs/math.md §6.2, all configurable): GPT-2 tokens with EOS after
 every document, packed into blocks of the model's length, t in [1e-3, 1], 1000 Monte-Carlo
-t-samples per block, perplexity bound = exp(sum of block ELBOs / sum of tokens).
+t-samples per block, perplexity bound = exp(sum of block ELBOs / sum of tokens). The two terms
+the paper drops are reported beside it (docs/math.md §6.5): the prior term (exact) and the
+[0, t_eps] term (a small importance-sampled estimate, 2% of the main evaluations by default),
+and the complete bound they make with it.
 
 Determinism: the draws of block b come from a generator seeded with (seed, b) only
 (:mod:`~sedd_megatron.evaluation.draws`), so results do not depend on the batch size, the
@@ -29,34 +32,66 @@ from sedd_megatron.checkpoint import open_model
 from sedd_megatron.datasets.checks import check_output_file
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.data import load_eval_data
-from sedd_megatron.evaluation.designs import Design, build_design
-from sedd_megatron.evaluation.draws import BlockDraws
+from sedd_megatron.evaluation.designs import Design, build_design, build_tail_design
+from sedd_megatron.evaluation.draws import TAIL_STREAM, BlockDraws
 from sedd_megatron.evaluation.estimator import evaluate_blocks, gather_blocks
 from sedd_megatron.evaluation.plots import plot_integrand
 from sedd_megatron.evaluation.settings import (
     MIN_REPLICATES,
     check_elbo_settings,
     check_eval_data,
+    default_tail_samples,
 )
-from sedd_megatron.evaluation.stats import elbo_summary, integrand_curve
+from sedd_megatron.evaluation.stats import (
+    complete_summary,
+    elbo_summary,
+    integrand_curve,
+    tail_summary,
+)
 
 
 @dataclass
 class ElboResult:
-    """Per-block draws and the settings that produced them."""
+    """Per-block draws and the settings that produced them; ``tail``: the [0, t_eps] term's
+    per-block draws (None: not estimated); ``prior``: the exact prior term,
+    ``{"nats_per_token": ..., "sigma_total": sigma_bar(1)}``."""
 
     blocks: list[BlockDraws]
     seq_length: int
     settings: dict = field(default_factory=dict)
     level: float = 0.95
     seconds: float | None = None  # wall time of the evaluation (all ranks, gathered)
+    tail: list[BlockDraws] | None = None
+    prior: dict | None = None
 
     def summary(self) -> dict:
         """nats/token, bits/token, perplexity bound, CI (Monte-Carlo error, data held fixed):
-        :func:`~sedd_megatron.evaluation.stats.elbo_summary`."""
+        :func:`~sedd_megatron.evaluation.stats.elbo_summary` (the paper's convention, the
+        [t_eps, 1] term only). With the prior term known, also ``prior`` (nats/token),
+        ``tail`` (:func:`~sedd_megatron.evaluation.stats.tail_summary`, None when not
+        estimated) and ``complete`` (:func:`~sedd_megatron.evaluation.stats.complete_summary`
+        of the three terms; None without the tail)."""
         if not self.blocks:
             raise EvalError("no evaluated blocks")
-        return elbo_summary(self.blocks, self.seq_length, self.level)
+        out = elbo_summary(self.blocks, self.seq_length, self.level)
+        if self.prior is None:
+            return out
+        eps = float(self.settings.get("t_eps", 1e-3))
+        out["prior"] = dict(self.prior)
+        out["tail"] = tail_summary(self.tail, self.seq_length, self.level) if self.tail else None
+        out["complete"] = (
+            complete_summary(
+                self.blocks,
+                self.tail,
+                self.prior["nats_per_token"],
+                self.seq_length,
+                eps,
+                self.level,
+            )
+            if self.tail
+            else None
+        )
+        return out
 
     def to_json(self, path: str | os.PathLike | None = None, draws: bool = False) -> dict:
         doc = {
@@ -65,6 +100,8 @@ class ElboResult:
             "timing": self.timing(),
             "blocks": [b.to_dict(draws) for b in self.blocks],
         }
+        if self.tail:
+            doc["tail_blocks"] = [b.to_dict(draws) for b in self.tail]
         if path is not None:
             with atomic_open(path) as f:
                 json.dump(doc, f, indent=1, default=_jsonable)
@@ -72,8 +109,9 @@ class ElboResult:
         return doc
 
     def timing(self) -> dict:
-        """Wall seconds and model evaluations per second (every rank's evaluations)."""
-        evaluations = sum(int(b.loss.size) for b in self.blocks)
+        """Wall seconds and model evaluations per second (every rank's evaluations, the
+        [0, t_eps] term's included)."""
+        evaluations = sum(int(b.loss.size) for b in self.blocks + (self.tail or []))
         rate = evaluations / self.seconds if self.seconds else None
         return {"seconds": self.seconds, "evaluations_per_second": rate}
 
@@ -107,9 +145,15 @@ def evaluate_elbo(
     batch_size: int = 8,
     progress: bool = True,
     level: float = 0.95,
+    tail_samples: int | None = None,
 ) -> ElboResult:
     """The ELBO of ``blocks`` (n, L) under ``model`` (a ScoreModel), data parallel over blocks
-    if the model has dp_size > 1; every rank returns the full result."""
+    if the model has dp_size > 1; every rank returns the full result.
+
+    Besides the paper's [t_eps, 1] term (``design``), the exact prior term and the [0, t_eps]
+    term with ``tail_samples`` model evaluations per block (default: 2% of the design's, at
+    least 2; 0: not estimated), drawn from each block's own separate stream: the main term's
+    draws are the same with or without it (docs/math.md §6.5)."""
     named = isinstance(design, str)  # else a Design: its own counts are checked below
     check_elbo_settings(
         num_t_samples=num_t_samples if named else MIN_REPLICATES,
@@ -118,6 +162,7 @@ def evaluate_elbo(
         t_eps=t_eps,
         batch_size=batch_size,
         level=level,
+        tail_samples=tail_samples,
     )
     if not named and design.replicates < MIN_REPLICATES:
         raise EvalError(
@@ -146,6 +191,16 @@ def evaluate_elbo(
             )
         except ValueError as err:
             raise EvalError(str(err)) from None
+    if tail_samples is None:
+        tail_samples = default_tail_samples(design.evaluations)
+    try:
+        tail = build_tail_design(
+            tail_samples, model.graph, model.noise, blocks.shape[1], eps=design.eps
+        )
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    sigma_1 = float(model.noise(torch.tensor(1.0, dtype=torch.float64))[0])
+    prior = {"nats_per_token": float(model.graph.prior_kl(sigma_1)), "sigma_total": sigma_1}
     ids = list(range(model.dp_rank, blocks.shape[0], model.dp_size))
     show = progress and (
         not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -155,6 +210,21 @@ def evaluate_elbo(
         model, blocks, design, seed=seed, batch_size=batch_size, block_ids=ids, progress=show
     )
     results = gather_blocks(local)  # the results are on the host: the device work is done
+    tail_results = None
+    if tail is not None:
+        local = evaluate_blocks(
+            model,
+            blocks,
+            tail,
+            seed=seed,
+            batch_size=batch_size,
+            block_ids=ids,
+            progress=show,
+            desc="ELBO [0, t_eps]",
+            noise=tail.noise,
+            stream=TAIL_STREAM,
+        )
+        tail_results = gather_blocks(local)
     seconds = time.perf_counter() - start
     settings = {
         **design.describe(),
@@ -165,8 +235,9 @@ def evaluate_elbo(
         "graph": type(model.graph).__name__,
         "noise": repr(model.noise),
         "model": getattr(model, "description", {}),
+        "tail": None if tail is None else {**tail.describe(), "num_samples": tail.evaluations},
     }
-    return ElboResult(results, int(blocks.shape[1]), settings, level, seconds)
+    return ElboResult(results, int(blocks.shape[1]), settings, level, seconds, tail_results, prior)
 
 
 def compare_designs(
@@ -183,12 +254,13 @@ def compare_designs(
     confidence-interval half-width.
 
     ``designs``: name -> keyword arguments of :func:`evaluate_elbo` (design, num_t_samples,
-    replicates, t_eps).
+    replicates, t_eps; the [0, t_eps] term is not estimated unless ``tail_samples`` is given).
     """
     if not designs:
         raise EvalError("compare_designs needs at least one design")
     rows = {}
     for name, kwargs in designs.items():
+        kwargs = {"tail_samples": 0, **kwargs}
         result = evaluate_elbo(
             model, blocks, seed=seed, batch_size=batch_size, progress=progress, **kwargs
         )
@@ -242,6 +314,7 @@ def elbo_report(
     detokenizer: str = "auto",
     save_draws: bool = False,
     compare: Sequence[str] | None = None,
+    tail_samples: int | None = None,
 ) -> dict:
     """The ELBO of a model on a dataset (e.g. at the end of the quickstart).
 
@@ -253,7 +326,8 @@ def elbo_report(
     ptb-valid / ptb-train, a text/JSONL file (``json_key``, ``per_line``, ``detokenizer``) or an
     indexed dataset prefix. Returns the summary dict (see :meth:`ElboResult.summary`) plus
     ``data`` and ``settings``; ``json_path`` (with every draw if ``save_draws``) and
-    ``plot_path`` are written by global rank 0.
+    ``plot_path`` are written by global rank 0. ``tail_samples``: the [0, t_eps] term's
+    evaluations per block (:func:`evaluate_elbo`; default 2% of ``num_t_samples``, 0: off).
 
     ``compare``: design names (the first is the baseline) run on the same blocks with
     :func:`compare_designs` instead; returns (and writes to ``json_path``) ``{"data": ...,
@@ -269,6 +343,7 @@ def elbo_report(
         seq_length=seq_length,
         max_blocks=max_blocks,
         compare=compare,
+        tail_samples=tail_samples,
     )
     check_eval_data(data, json_key=json_key, detokenizer=detokenizer)
     for path, what in ((json_path, "json_path"), (plot_path, "plot_path")):
@@ -311,6 +386,7 @@ def elbo_report(
         batch_size=batch_size,
         progress=progress,
         level=level,
+        tail_samples=tail_samples,
     )
     result.settings["data"] = eval_data.summary()
     if _is_rank0():

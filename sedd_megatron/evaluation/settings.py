@@ -31,6 +31,9 @@ PTB_DATA = ("ptb-test", "ptb-valid", "ptb-train")
 MIN_REPLICATES = 2
 #: Replicate counts tried, in order, when none is given (then the smallest divisor >= 2).
 DEFAULT_REPLICATES = (10, 8, 5, 4, 2)
+#: The [0, t_eps] term's model evaluations per block, as a fraction of the main term's, when
+#: none is given (at least MIN_REPLICATES).
+TAIL_FRACTION = 0.02
 
 
 def default_replicates(num_t_samples: int) -> int:
@@ -41,6 +44,24 @@ def default_replicates(num_t_samples: int) -> int:
         if num_t_samples % r == 0:
             return r
     return next(d for d in range(3, num_t_samples + 1) if num_t_samples % d == 0)
+
+
+def default_tail_samples(num_t_samples: int) -> int:
+    """The [0, t_eps] term's evaluations per block when none is given: 2% of the main term's
+    ``num_t_samples`` (rounded), at least 2 (the confidence interval needs two replicates)."""
+    return max(MIN_REPLICATES, round(TAIL_FRACTION * num_t_samples))
+
+
+def check_tail_samples(tail_samples, *, names: dict | None = None) -> None:
+    """``tail_samples`` (the [0, t_eps] term's evaluations per block) is None (the default),
+    0 (the term is not estimated) or at least 2 (two replicates for its interval)."""
+    name = _flag(names or {}, "tail_samples")
+    check_int(tail_samples, name, minimum=0, optional=True, error=EvalError)
+    if tail_samples is not None and 0 < tail_samples < MIN_REPLICATES:
+        raise EvalError(
+            f"{name} must be 0 (off) or >= {MIN_REPLICATES}, got {tail_samples}: the confidence "
+            f"interval of the [0, t_eps] term needs {MIN_REPLICATES} independent replicates"
+        )
 
 
 def _flag(names: dict, key: str) -> str:
@@ -87,11 +108,20 @@ def check_elbo_settings(
     seq_length: int | None = None,
     max_blocks: int | None = None,
     compare=None,
+    tail_samples: int | None = None,
     names: dict | None = None,
 ) -> None:
     """Raise :class:`EvalError` for an unusable ELBO setting. ``names`` maps a keyword to how
-    it is shown (the tool passes its flags, e.g. ``{"num_t_samples": "--num-t-samples"}``)."""
+    it is shown (the tool passes its flags, e.g. ``{"num_t_samples": "--num-t-samples"}``).
+    ``tail_samples``: see :func:`check_tail_samples`; a comparison of designs (``compare``)
+    compares the [t_eps, 1] term only and takes none."""
     names = names or {}
+    check_tail_samples(tail_samples, names=names)
+    if compare is not None and tail_samples is not None:
+        raise EvalError(
+            f"{_flag(names, 'tail_samples')}: {_flag(names, 'compare')} compares the designs of "
+            "the [t_eps, 1] term only; the [0, t_eps] term is not estimated there"
+        )
     for design_name in [design] if not compare else list(compare):
         check_design(design_name, num_t_samples, replicates, names=names)
     if compare is not None:

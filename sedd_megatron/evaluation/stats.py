@@ -7,6 +7,10 @@ of the replicates). The dataset total is the sum over blocks, with variance V = 
 the interval uses Student's t with Welch-Satterthwaite degrees of freedom
 nu = V^2 / sum_b (s_b^2/R_b)^2 / (R_b - 1), which is R - 1 for one block and grows with the
 number of blocks.
+
+The complete bound (:func:`complete_summary`) adds independent terms: sum_i c_i X_i has
+variance sum_i c_i^2 V_i and, again by Welch-Satterthwaite, nu = V^2 / sum_i (c_i^2 V_i)^2 / nu_i
+(the same as pooling every block of every term; an exact term has V_i = 0).
 """
 
 from __future__ import annotations
@@ -91,6 +95,28 @@ def combine_replicates(replicates: list[np.ndarray]) -> SumEstimate:
     return SumEstimate(total=total, variance=variance, dof=dof, blocks=len(replicates))
 
 
+def scaled_sum(parts: list[tuple[float, SumEstimate]]) -> SumEstimate:
+    """sum_i c_i X_i of independent estimates X_i given as (c_i, X_i), with its variance and
+    Welch-Satterthwaite degrees of freedom (module docstring)."""
+    total, variance, dof_denominator = 0.0, 0.0, 0.0
+    for coef, est in parts:
+        total += coef * est.total
+        part = coef**2 * est.variance
+        variance += part
+        if math.isnan(part) or math.isnan(est.dof):
+            dof_denominator = math.nan
+        elif part > 0 and math.isfinite(est.dof):
+            dof_denominator += part**2 / est.dof
+    if math.isnan(variance) or math.isnan(dof_denominator):
+        dof = math.nan
+    elif dof_denominator == 0:
+        dof = math.inf
+    else:
+        dof = variance**2 / dof_denominator
+    blocks = max((est.blocks for _, est in parts), default=0)
+    return SumEstimate(total=total, variance=variance, dof=dof, blocks=blocks)
+
+
 LN2 = math.log(2.0)
 
 
@@ -139,3 +165,63 @@ def integrand_curve(blocks, seq_length: int, eps: float = 1e-3, bins: int = 24) 
     acc[hits == 0] = np.nan
     centers = np.sqrt(edges[1:] * edges[:-1])
     return {"t": centers, "integrand": acc, "edges": edges, "draws": hits}
+
+
+def tail_summary(tail_blocks, seq_length: int, level: float = 0.95) -> dict:
+    """The [0, t_eps] term (:class:`~sedd_megatron.evaluation.designs.TailDesign` draws) in
+    nats/token with its confidence interval (Monte-Carlo error, data held fixed)."""
+    est = combine_replicates([b.replicate_estimates for b in tail_blocks])
+    tokens = len(tail_blocks) * seq_length
+    nats, half = est.total / tokens, est.half_width(level) / tokens
+    return {
+        "nats_per_token": nats,
+        "confidence_level": level,
+        "ci_nats_per_token": [nats - half, nats + half],
+        "ci_half_width_nats": half,
+        "stderr_nats_per_token": est.stderr / tokens,
+        "dof": est.dof,
+        "evaluations": int(sum(b.loss.size for b in tail_blocks)),
+    }
+
+
+def complete_summary(
+    blocks,
+    tail_blocks,
+    prior_nats_per_token: float,
+    seq_length: int,
+    eps: float,
+    level: float = 0.95,
+) -> dict:
+    """The complete bound of docs/math.md §6.1 in nats/token, bits/token and as a perplexity
+    bound, with a confidence interval combining the two terms' Monte-Carlo errors:
+
+        (1 - eps) * paper + tail + prior,
+
+    where paper is :func:`elbo_summary`'s number, E_{t ~ U(eps, 1)}[...] (so (1 - eps) * paper
+    is the integral over [eps, 1]), tail the [0, t_eps] term (:func:`tail_summary`) and prior
+    the exact prior term (``Graph.prior_kl`` at sigma_bar(1), per token)."""
+    tokens = len(blocks) * seq_length
+    main = combine_replicates([b.replicate_estimates for b in blocks])
+    tail = combine_replicates([b.replicate_estimates for b in tail_blocks])
+    prior = SumEstimate(prior_nats_per_token * tokens, 0.0, math.inf, len(blocks))
+    est = scaled_sum([(1.0 - eps, main), (1.0, tail), (1.0, prior)])
+    nats, half = est.total / tokens, est.half_width(level) / tokens
+    evaluations = int(sum(b.loss.size for b in blocks) + sum(b.loss.size for b in tail_blocks))
+    return {
+        "nats_per_token": nats,
+        "bits_per_token": nats / LN2,
+        "ppl_bound": math.exp(nats),
+        "confidence_level": level,
+        "ci_nats_per_token": [nats - half, nats + half],
+        "ci_bits_per_token": [(nats - half) / LN2, (nats + half) / LN2],
+        "ci_ppl_bound": [math.exp(nats - half), math.exp(nats + half)],
+        "ci_half_width_nats": half,
+        "stderr_nats_per_token": est.stderr / tokens,
+        "dof": est.dof,
+        "evaluations": evaluations,
+        "terms_nats_per_token": {
+            "interval": (1.0 - eps) * main.total / tokens,
+            "tail": tail.total / tokens,
+            "prior": prior_nats_per_token,
+        },
+    }

@@ -68,6 +68,14 @@ CASES = [
     Case("elbo: --t-eps 1", elbo("--t-eps", "1"), r"--t-eps must be in \(0, 1\), got 1\.0"),
     Case("elbo: --compare a design twice", elbo("--compare", "mc,mc"),
          r"--compare: a design is named twice"),
+    Case("elbo: --tail-samples 1", elbo("--tail-samples", "1"),
+         r"--tail-samples must be 0 \(off\) or >= 2, got 1: the confidence interval of the "
+         r"\[0, t_eps\] term needs 2 independent replicates"),
+    Case("elbo: --tail-samples -1", elbo("--tail-samples=-1"),
+         r"--tail-samples must be non-negative, got -1"),
+    Case("elbo: --tail-samples with --compare", elbo("--compare", "mc,importance",
+                                                     "--tail-samples", "4"),
+         r"--tail-samples: --compare compares the designs of the \[t_eps, 1\] term only"),
     # output paths (before the model loads; nothing is written)
     Case("elbo: --output an existing directory", elbo("--output", "{tmp}/out"),
          r"--output: .*/out is a directory; give a file name", setup=make_dir("out")),

@@ -28,6 +28,10 @@ def on_data(*args: str) -> tuple[str, ...]:
     return ("pretrain_sedd.py", *BASE, *args)
 
 
+def ar(*args: str) -> tuple[str, ...]:
+    return ("benchmarks/pretrain_ar_baseline.py", *BASE, "--mock-data", *args)
+
+
 def ids_up_to(high: int):
     """An indexed dataset ``{tmp}/big`` with one id ``high``, at token 685."""
 
@@ -89,4 +93,18 @@ CASES = [
          on_data("--data-path", "0.5", "{data}", "0.5", "{tmp}/big", "--split", "98,1,1"),
          r"big'?: token id 1000 \(token 685 of .*big\.bin\) is outside the vocabulary of 1000 "
          r"ids", setup=ids_up_to(1000)),
+    # the autoregressive baseline: its own flags, then the shared training checks
+    Case("ar baseline: --ar-eval-output without --ar-eval-data",
+         ar("--ar-eval-output", "{tmp}/ar.json"), r"--ar-eval-output needs --ar-eval-data"),
+    Case("ar baseline: unknown PTB split", ar("--ar-eval-data", "ptb-dev"),
+         r"--ar-eval-data: unknown PTB split 'dev'"),
+    Case("ar baseline: evaluation data missing", ar("--ar-eval-data", "{tmp}/none.txt"),
+         r"--ar-eval-data: evaluation data not found: .*none\.txt"),
+    Case("ar baseline: --ar-eval-batch-size 0",
+         ar("--ar-eval-data", "ptb-test", "--ar-eval-batch-size", "0"),
+         r"--ar-eval-batch-size must be positive, got 0"),
+    Case("ar baseline: --ar-eval-output is a directory",
+         ar("--ar-eval-data", "ptb-test", "--ar-eval-output", "{tmp}"), r"--ar-eval-output: "),
+    Case("ar baseline: a shared training check", ar("--lr", "-1"),
+         r"--lr must not be negative, got -1\.0"),
 ]  # fmt: skip

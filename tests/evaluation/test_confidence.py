@@ -80,6 +80,7 @@ def test_coverage_elbo_pipeline(design, samples, replicates):
             batch_size=64,
             progress=False,
             seed=seed,
+            tail_samples=0,  # the main term's interval (the tail's: test_elbo_complete.py)
         ).summary()
         lo, hi = s["ci_nats_per_token"]
         hits += lo <= truth <= hi

@@ -114,9 +114,19 @@ def test_cli_end_to_end(gpt2_model_dir, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "perplexity <=" in printed and "nats/token" in printed
+    assert "dropped terms: prior" in printed and "complete bound:" in printed
     doc = json.loads(out_json.read_text())
     result = doc["result"]
     assert result["blocks"] == 2 and result["evaluations"] == 8 and result["tokens"] == 64
+    # the dropped terms: 2 [0, t_eps] evaluations per block by default, the complete bound
+    assert result["tail"]["evaluations"] == 4 and [b["block"] for b in doc["tail_blocks"]] == [0, 1]
+    complete = result["complete"]
+    assert complete["nats_per_token"] == pytest.approx(
+        (1 - 1e-3) * result["nats_per_token"]
+        + result["tail"]["nats_per_token"]
+        + result["prior"]["nats_per_token"]
+    )
+    assert f"{complete['nats_per_token']:.4f} nats/token" in printed
     assert result["ppl_bound"] == pytest.approx(np.exp(result["nats_per_token"]))
     lo, hi = result["ci_nats_per_token"]
     assert lo < result["nats_per_token"] < hi
@@ -135,9 +145,12 @@ def test_cli_end_to_end(gpt2_model_dir, tmp_path, capsys):
         progress=False,
     )
     assert report["nats_per_token"] == pytest.approx(result["nats_per_token"], rel=1e-12)
+    assert report["complete"] == complete and report["tail"] == result["tail"]
     assert tool.main([*args, "--compare", "mc,importance", "--replicates", "2"]) == 0
     table = capsys.readouterr().out
     assert "fewer evals" in table and "importance" in table
+    tool.print_dropped_terms({**result, "tail": None, "complete": None})
+    assert "[0, t_eps] not estimated (--tail-samples 0)" in capsys.readouterr().out
 
 
 def test_cli_bad_input(gpt2_model_dir, tmp_path, capsys):

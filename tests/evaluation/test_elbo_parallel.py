@@ -1,5 +1,6 @@
 """TP=2, PP=2 and DP=2 give the same ELBO draws and losses as the plain model for the same seed
-(Megatron SEDDModel loaded by sedd_megatron.checkpoint from the conformance directory)."""
+(Megatron SEDDModel loaded by sedd_megatron.checkpoint from the conformance directory), for the
+main term and the [0, t_eps] term."""
 
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def plain_reference(conformance_dir):
             seed=11,
         )
         out[design] = [b.to_dict(draws=True) for b in result.blocks]
+        out[f"{design}:tail"] = [b.to_dict(draws=True) for b in result.tail]
     return out
 
 

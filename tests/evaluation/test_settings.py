@@ -51,6 +51,15 @@ def test_default_replicates_always_give_an_interval():
         assert design.replicates == r and design.evaluations == n
 
 
+def test_default_tail_samples():
+    """2% of the main term's evaluations, at least two (two replicates); 0 turns it off."""
+    from sedd_megatron.evaluation.settings import default_tail_samples
+
+    assert [default_tail_samples(n) for n in (1000, 100, 4, 2, 150, 5000)] == [20, 2, 2, 2, 3, 100]
+    check_elbo_settings(tail_samples=0)
+    check_elbo_settings(tail_samples=2, num_t_samples=4)
+
+
 def test_design_counts_need_two_replicates():
     with pytest.raises(EvalError, match=rf"num_t_samples must be >= 2, got 1: {CI}"):
         check_elbo_settings(num_t_samples=1)
@@ -81,6 +90,10 @@ def test_design_counts_need_two_replicates():
         (dict(compare=[]), "compare: no designs given"),
         (dict(compare=["mc", "mc"]), "a design is named twice"),
         (dict(compare=["mc", "stratified"], num_t_samples=7, replicates=2), "must divide"),
+        (dict(tail_samples=1), r"tail_samples must be 0 \(off\) or >= 2, got 1"),
+        (dict(tail_samples=-1), "tail_samples must be non-negative, got -1"),
+        (dict(tail_samples=2.5), "tail_samples must be an integer"),
+        (dict(compare=["mc"], tail_samples=4), r"compares the designs of the \[t_eps, 1\] term"),
     ],
 )
 def test_bad_elbo_settings(kwargs, message):

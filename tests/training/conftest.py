@@ -1,10 +1,9 @@
-"""Fixtures for the pretrain_sedd.py tests: a small real-text corpus and a CLI runner."""
+"""Helpers for the pretrain_sedd.py tests: a tiny model's flags and a CLI runner (the real-text
+``corpus`` fixture is in tests/conftest.py)."""
 
 import json
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.launch import REPO_ROOT, run_command
 
@@ -19,16 +18,6 @@ TINY = [
     "--lr", "1e-3", "--lr-warmup-iters", "2", "--hidden-dropout", "0.0",
     "--log-interval", "1", "--eval-iters", "1", "--ema-decay", "0.99",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> dict:
-    """PTB (real text, GPT-2 BPE) as indexed datasets: train (a 300 kB slice), valid, test."""
-    from sedd_megatron.datasets.corpus import build_corpus
-
-    out = tmp_path_factory.mktemp("corpus")
-    build_corpus(str(out), sources=("ptb",), max_train_bytes=300_000, progress=False)
-    return {split: str(out / split) for split in ("train", "valid", "test")}
 
 
 def data_flags(corpus: dict) -> list[str]:

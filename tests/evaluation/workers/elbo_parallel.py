@@ -4,7 +4,8 @@
 
 One process group; Megatron's model-parallel state is rebuilt for each layout (tpT / ppP /
 dpD, the rest of the world being data parallel). Rank 0 prints ``RESULT {json}``: per layout
-and design, every block's t, weights, counts and losses.
+and design, every block's t, weights, counts and losses (also of the [0, t_eps] term:
+"<design>:tail").
 """
 
 import argparse
@@ -53,6 +54,7 @@ def main():
                         seed=11,
                     )
                     out[layout][design] = [b.to_dict(draws=True) for b in result.blocks]
+                    out[layout][f"{design}:tail"] = [b.to_dict(draws=True) for b in result.tail]
         if torch.distributed.get_rank() == 0:
             print("RESULT " + json.dumps(out), flush=True)
 
