@@ -170,7 +170,9 @@ PROGRESS = ("consumed samples", "validation loss", "error:", "Error", "Traceback
 
 def run_logged(cmd: list[str], log: Path, label: str) -> None:
     """Run ``cmd`` with its output in ``log``; show the progress lines; exit on failure."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    # one thread unless told: a shared machine oversubscribed by OpenMP threads runs far slower
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     print(f"[{label}] {' '.join(cmd[1:])}\n[{label}] log: {log}", flush=True)
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,

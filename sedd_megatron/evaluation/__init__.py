@@ -12,6 +12,9 @@ from sedd_megatron.errors import EvalError
 from .settings import DESIGNS, check_elbo_settings, check_eval_data, default_replicates
 
 _LAZY = {  # these modules import torch (or matplotlib/transformers on use)
+    "ar_summary": "autoregressive",
+    "block_nlls": "autoregressive",
+    "evaluate_ar": "autoregressive",
     "EvalData": "data",
     "iter_documents": "data",
     "load_eval_data": "data",
@@ -49,6 +52,9 @@ _LAZY = {  # these modules import torch (or matplotlib/transformers on use)
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
+    "ar_summary",
+    "block_nlls",
+    "evaluate_ar",
     "BlockDraws",
     "CausalLM",
     "CountImportanceDesign",

@@ -120,6 +120,20 @@ def scaled_sum(parts: list[tuple[float, SumEstimate]]) -> SumEstimate:
 LN2 = math.log(2.0)
 
 
+def _bound_with_interval(nats: float, half: float, level: float) -> dict:
+    """A bound in nats/token as nats, bits and perplexity, each with its confidence interval."""
+    return {
+        "nats_per_token": nats,
+        "bits_per_token": nats / LN2,
+        "ppl_bound": math.exp(nats),
+        "confidence_level": level,
+        "ci_nats_per_token": [nats - half, nats + half],
+        "ci_bits_per_token": [(nats - half) / LN2, (nats + half) / LN2],
+        "ci_ppl_bound": [math.exp(nats - half), math.exp(nats + half)],
+        "ci_half_width_nats": half,
+    }
+
+
 def elbo_summary(blocks, seq_length: int, level: float = 0.95) -> dict:
     """nats/token, bits/token, perplexity bound, CI (Monte-Carlo error, data held fixed) of
     per-block draws (:class:`~sedd_megatron.evaluation.draws.BlockDraws`)."""
@@ -131,14 +145,7 @@ def elbo_summary(blocks, seq_length: int, level: float = 0.95) -> dict:
     per_block = np.array([b.estimate / seq_length for b in blocks])
     stderr = est.stderr / tokens
     return {
-        "nats_per_token": nats,
-        "bits_per_token": nats / LN2,
-        "ppl_bound": math.exp(nats),
-        "confidence_level": level,
-        "ci_nats_per_token": [nats - half, nats + half],
-        "ci_bits_per_token": [(nats - half) / LN2, (nats + half) / LN2],
-        "ci_ppl_bound": [math.exp(nats - half), math.exp(nats + half)],
-        "ci_half_width_nats": half,
+        **_bound_with_interval(nats, half, level),
         "stderr_nats_per_token": stderr,
         "dof": est.dof,
         "blocks": len(blocks),
@@ -208,14 +215,7 @@ def complete_summary(
     nats, half = est.total / tokens, est.half_width(level) / tokens
     evaluations = int(sum(b.loss.size for b in blocks) + sum(b.loss.size for b in tail_blocks))
     return {
-        "nats_per_token": nats,
-        "bits_per_token": nats / LN2,
-        "ppl_bound": math.exp(nats),
-        "confidence_level": level,
-        "ci_nats_per_token": [nats - half, nats + half],
-        "ci_bits_per_token": [(nats - half) / LN2, (nats + half) / LN2],
-        "ci_ppl_bound": [math.exp(nats - half), math.exp(nats + half)],
-        "ci_half_width_nats": half,
+        **_bound_with_interval(nats, half, level),
         "stderr_nats_per_token": est.stderr / tokens,
         "dof": est.dof,
         "evaluations": evaluations,
