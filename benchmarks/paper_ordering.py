@@ -68,11 +68,12 @@ SIZES = {
                 eval_interval=2, eval_iters=1, eval_blocks=2, t_samples=4, batch=4),
 }  # fmt: skip
 
-#: Published controlled comparisons (same data, size and tokens): OpenWebText test perplexity
-#: of 125M-parameter models after 1M steps (Sahoo et al. 2024, MDLM, Table 1; Sahoo et al.
-#: 2025, Duo, Table 2). Diffusion numbers are bounds.
+#: Published controlled comparisons (same data, model size and training steps): OpenWebText test
+#: perplexity of GPT-2-small-sized models trained for 1M steps, as reported by MDLM (Sahoo et al.
+#: 2024, Table 1: AR, retrained SEDD-absorb, MDLM) and Duo (Sahoo et al. 2025: SEDD-uniform).
+#: Diffusion numbers are bounds.
 PUBLISHED = {
-    "source": "OpenWebText, 262B tokens, GPT-2-small size (MDLM Table 1, Duo Table 2)",
+    "source": "OpenWebText, GPT-2-small size, 1M steps (MDLM Table 1; Duo)",
     "ar": 17.54,
     "sedd-absorb": 24.10,
     "mdlm": 23.21,
@@ -336,15 +337,23 @@ def main(argv=None) -> dict:
 
 
 def print_table(records: dict, comparison: dict) -> None:
-    print("\nmodel          | train tokens | PTB test ppl (95 % interval)      | kind")
+    """The results as a Markdown table (what the README shows) and the comparison."""
+    print("\n| model | training tokens | PTB test perplexity | 95 % interval | nats/token "
+          "| complete bound | final validation loss |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name, r in records.items():
         lk = r["likelihood"]
         lo, hi = lk["ci_perplexity"]
+        kind = "exact" if lk["kind"] == "exact" else "≤"
+        complete = lk.get("complete")
+        whole = f"≤ {complete['ppl_bound']:,.0f}" if complete else "exact"
+        valid = r["training"].get("final_valid_loss")
+        valid = f"{valid:.3f}" if valid is not None else "-"
         tokens = r["training"]["tokens_trained"]
-        print(f"{name:14} | {tokens:>12} | {lk['perplexity']:9.1f} [{lo:9.1f}, {hi:9.1f}] "
-              f"| {lk['kind'].split(' ')[0]}")  # fmt: skip
+        print(f"| {name} | {tokens:,} | {kind} {lk['perplexity']:,.0f} | [{lo:,.0f}, {hi:,.0f}] "
+              f"| {lk['nats_per_token']:.4f} | {whole} | {valid} |")  # fmt: skip
     print(json.dumps(comparison, indent=1))
-    if not math.isfinite(sum(r["likelihood"]["perplexity"] for r in records.values())):
+    if not all(math.isfinite(r["likelihood"]["perplexity"]) for r in records.values()):
         print("warning: a perplexity is not finite", flush=True)
 
 
