@@ -29,6 +29,7 @@ from .dispatch import (
     jitted,
     next_power_of_2,
     num_warps_for,
+    plain_dispatch,
     row_chunks,
     rows_of,
     triton_usable,
@@ -264,12 +265,9 @@ def layer_norm_modulate(
     dims). Runs the fused Triton kernels when ``fused`` and the tensors allow it (see
     :func:`~sedd_megatron.kernels.dispatch.triton_usable`), else the torch reference.
     """
-    _check(x, weight, shift, scale)
-    if (
-        fused
-        and x.numel() > 0
-        and x.shape[-1] <= MAX_FUSED_HIDDEN
-        and triton_usable(x, weight, shift, scale)
-    ):
-        return _LayerNormModulate.apply(x, weight, shift, scale, float(eps))
-    return layer_norm_modulate_reference(x, weight, shift, scale, eps)
+    with plain_dispatch():
+        _check(x, weight, shift, scale)
+        fusable = fused and x.numel() > 0 and x.shape[-1] <= MAX_FUSED_HIDDEN
+        if not (fusable and triton_usable(x, weight, shift, scale)):
+            return layer_norm_modulate_reference(x, weight, shift, scale, eps)
+    return _LayerNormModulate.apply(x, weight, shift, scale, float(eps))

@@ -61,16 +61,33 @@ def interpreter_ready() -> bool:
     return isinstance(getattr(triton.language, "sum", None), InterpretedFunction)
 
 
+def plain_dispatch():
+    """The context of a fused op's host-side code: its argument checks (tensor metadata) and,
+    where the kernels do not run, its unfused torch reference (arithmetic on the op's own
+    tensors, which allocates nothing on a device of its choosing). Torch function modes and
+    overrides are off inside, so that each attribute read and small op is a plain call: under
+    the CPU shim's process-wide mode (``sedd_megatron.runtime.cpu``) each would be a Python
+    dispatch, costing more than the op itself on small tensors."""
+    return torch._C.DisableTorchFunction()
+
+
 def triton_usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the Triton kernels can run on these tensors (``None`` entries are ignored).
 
     True when every tensor is on CUDA, or when every tensor is on the CPU, the kernels are
     requested there (:func:`kernels_on_cpu_requested`) and Triton's interpreter can run them
     (:func:`interpreting` and :func:`interpreter_ready`).
+
+    Called on every fused op: where CUDA was never initialised (so no tensor can be on it) and
+    the kernels are not requested on the CPU, it answers without reading the tensors' devices,
+    which under the CPU shim's torch function mode (``sedd_megatron.runtime.cpu``) costs a Python
+    dispatch per attribute read.
     """
     if not HAVE_TRITON:
         return False
     present = [t for t in tensors if t is not None]
+    if present and not torch.cuda.is_initialized() and not kernels_on_cpu_requested():
+        return False  # no CUDA tensor exists yet: skip the attribute reads (see below)
     if all(t.is_cuda for t in present):
         return True
     on_cpu = all(t.device.type == "cpu" for t in present)

@@ -23,6 +23,7 @@ from .dispatch import (
     jitted,
     next_power_of_2,
     num_warps_for,
+    plain_dispatch,
     row_chunks,
     triton_usable,
 )
@@ -175,10 +176,11 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, fused: bool = True)
 
     Runs the fused Triton kernels when ``fused`` and the tensors allow it, else the reference.
     """
-    if x.dim() < 1:
-        raise ValueError("x must have at least one dimension [..., F]")
-    if bias is not None and bias.shape != (x.shape[-1],):
-        raise ValueError(f"bias must be [F]=[{x.shape[-1]}] or None, got {tuple(bias.shape)}")
-    if fused and x.numel() > 0 and triton_usable(x, bias):
-        return _BiasGelu.apply(x, bias)
-    return bias_gelu_reference(x, bias)
+    with plain_dispatch():
+        if x.dim() < 1:
+            raise ValueError("x must have at least one dimension [..., F]")
+        if bias is not None and bias.shape != (x.shape[-1],):
+            raise ValueError(f"bias must be [F]=[{x.shape[-1]}] or None, got {tuple(bias.shape)}")
+        if not (fused and x.numel() > 0 and triton_usable(x, bias)):
+            return bias_gelu_reference(x, bias)
+    return _BiasGelu.apply(x, bias)

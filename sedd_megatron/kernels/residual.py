@@ -33,6 +33,7 @@ from .dispatch import (
     jitted,
     next_power_of_2,
     num_warps_for,
+    plain_dispatch,
     row_chunks,
     rows_of,
     triton_usable,
@@ -290,7 +291,9 @@ def gated_residual(
     keep probability 1 - p) applies only when ``training`` and ``p > 0``. Runs the fused Triton
     kernels when ``fused`` and the tensors allow it, else the torch reference.
     """
-    _check(branch, bias, gate, residual, p)
-    if fused and branch.numel() > 0 and triton_usable(branch, bias, gate, residual):
-        return _GatedResidual.apply(branch, bias, gate, residual, float(p), bool(training))
-    return gated_residual_reference(branch, bias, gate, residual, p, training)
+    with plain_dispatch():
+        _check(branch, bias, gate, residual, p)
+        fusable = fused and branch.numel() > 0
+        if not (fusable and triton_usable(branch, bias, gate, residual)):
+            return gated_residual_reference(branch, bias, gate, residual, p, training)
+    return _GatedResidual.apply(branch, bias, gate, residual, float(p), bool(training))

@@ -30,6 +30,7 @@ all ranks take it alike. ``Sampler.stats`` counts the forward passes and the row
 evaluated.
 """
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -57,6 +58,17 @@ from .weights import (
     tile_weights,
     use_triton,
 )
+
+
+def _local_math(on_cpu: bool):
+    """The context of the sampler's own arithmetic: on the CPU, torch function modes off.
+
+    A CPU run of Megatron keeps a process-wide mode that maps CUDA device requests to the CPU
+    (``sedd_megatron.runtime.cpu``); it costs a Python call on every torch operation, more than
+    the operation itself on the sampler's small per-step tensors. The sampler's arithmetic has
+    nothing for it to map (every tensor is made on the device of the tensors it comes from), so
+    it runs without it; collectives and the model's forward pass keep it."""
+    return torch._C.DisableTorchFunction() if on_cpu else contextlib.nullcontext()
 
 
 def _log_expm1(sigma: torch.Tensor) -> torch.Tensor:
@@ -108,6 +120,7 @@ class Sampler:
         sees every draw on the sampling rank (weights: the fp32 mode's only); ``progress()`` is
         called after every draw."""
         device, length = self.model.device, self.model.seq_length
+        on_cpu = torch.device(device).type == "cpu"
         batch = len(sample_ids)
         conditions = conditions or [Condition.none()] * batch
         dense = [c.dense(length) for c in conditions]
@@ -123,24 +136,28 @@ class Sampler:
         else:
             if seed is None:
                 raise ValueError("the float64 sampler needs a seed")
-            self.streams = KeyedStreams(seed, sample_ids, length, device)
-            x = self._limit(len(sample_ids), length, device)
+            draws = [step.index for step in self.steps]
+            with _local_math(on_cpu):
+                self.streams = KeyedStreams(seed, sample_ids, length, device, draws)
+                x = self._limit(len(sample_ids), length, device)
             draw = self._draw_sharded
         x = self.model.share_tokens(x)
         cache = _ScoreCache() if self.reuse else None
         for step in self.steps:
-            x = project(x)
-            sigma = torch.full((batch,), step.sigma, dtype=torch.float32, device=device)
+            with _local_math(on_cpu):
+                x = project(x)
+                sigma = torch.full((batch,), step.sigma, dtype=torch.float32, device=device)
             if cache is None:
                 log_score = self.model.log_score(x, sigma)
                 self._count(batch, batch)
             else:
                 log_score = self._reused_log_score(cache, x, sigma)
-            new = x.clone()
             if self.model.is_last_stage:
                 new, weights = draw(step, x, log_score, sample_ids)
                 if callback is not None:
                     callback(step, x, weights, new)
+            else:
+                new = x.clone()  # receives the last stage's tokens
             x = self.model.share_tokens(new)
             if progress is not None:
                 progress()
@@ -219,15 +236,22 @@ class Sampler:
         stop = min(model.vocab_end, num_columns(graph, step))  # columns this rank races over
         real = model.vocab_end - start  # real (unpadded) columns held here
         flat = x.reshape(-1)
-        active = graph.moving(flat)  # absorb: only masked tokens move, the others stay
-        keys = self.streams.rows(step.index)
-        if model.tp_size == 1 and not use_triton(None, log_score, flat):
-            best, index = race_one_shard(graph, step, log_score, flat, active, stop, keys)
-        else:
-            total = score_sums(log_score, real, graph.excluded_column(start), active)
+        on_cpu = log_score.device.type == "cpu"
+        with _local_math(on_cpu):
+            active = graph.moving(flat)  # absorb: only masked tokens move, the others stay
+            if on_cpu and not active.any():  # nothing to draw (no device sync on the CPU)
+                return flat.clone().view_as(x), None
+            keys = self.streams.rows(step.index)
+            one_pass = model.tp_size == 1 and not use_triton(None, log_score, flat)
+            if one_pass:
+                best, index = race_one_shard(graph, step, log_score, flat, active, stop, keys)
+            else:
+                total = score_sums(log_score, real, graph.excluded_column(start), active)
+        if not one_pass:
             total = model.all_reduce_sum(total)
-            affine = step_affine(graph, step, flat, total)
-            best, index = race(log_score, start, stop - start, keys, affine, active)
+            with _local_math(on_cpu):
+                affine = step_affine(graph, step, flat, total)
+                best, index = race(log_score, start, stop - start, keys, affine, active)
         winner = model.best_over_shards(best, index)
         return torch.where(active, winner, flat).view_as(x), None
 

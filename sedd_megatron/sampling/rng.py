@@ -33,6 +33,7 @@ modulo 2^64 on CPU and CUDA alike, and right shifts are made logical by masking.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -105,6 +106,13 @@ def column_strides(columns: torch.Tensor) -> torch.Tensor:
     return columns.to(torch.int64) * signed64(GOLDEN)
 
 
+@functools.lru_cache(maxsize=16)
+def range_strides(start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """:func:`column_strides` of the columns [start, stop), computed once per (start, stop,
+    device) and shared: the caller must not write to it."""
+    return column_strides(torch.arange(start, stop, dtype=torch.int64, device=device))
+
+
 def element_bits(
     row_keys: torch.Tensor,
     strides: torch.Tensor,
@@ -138,19 +146,35 @@ def keyed_uniforms(row_keys: torch.Tensor, columns: torch.Tensor) -> torch.Tenso
 
 class KeyedStreams:
     """The keys of one sampler run: ``sample_ids`` (one per batch row) of ``seed``, sequences of
-    ``length`` tokens, on ``device``. Row keys are computed on the device (no host round trip)."""
+    ``length`` tokens, on ``device``. Row keys are computed on the device (no host round trip);
+    the step keys of ``steps`` (the run's draws, if known) are computed once, up front."""
 
-    def __init__(self, seed: int, sample_ids: Sequence[int], length: int, device):
+    def __init__(
+        self, seed: int, sample_ids: Sequence[int], length: int, device, steps: Sequence[int] = ()
+    ):
         self.device = torch.device(device)
         self.length = length
         keys = [signed64(sample_key(seed, int(s))) for s in sample_ids]
         self.sample_keys = torch.tensor(keys, dtype=torch.int64, device=self.device)
         self.positions = position_codes(length, self.device)
+        self._step_row = {int(step): i for i, step in enumerate(dict.fromkeys(steps))}
+        self._step_keys = None
+        if self._step_row:
+            codes = [signed64(step_code(step)) for step in self._step_row]
+            codes = torch.tensor(codes, dtype=torch.int64, device=self.device)
+            self._step_keys = mix64_(self.sample_keys[None, :] + codes[:, None])
+
+    def step_keys(self, step: int) -> torch.Tensor:
+        """K_st of every sample at ``step``, int64 (B,)."""
+        row = self._step_row.get(step)
+        if row is not None:
+            return self._step_keys[row]
+        return mix64_(self.sample_keys + signed64(step_code(step)))
 
     def rows(self, step: int) -> torch.Tensor:
         """Row keys K_r of every token of the batch at ``step``, int64 (B * L,) (row-major)."""
-        step_keys = mix64_(self.sample_keys + signed64(step_code(step)))
-        return mix64_(step_keys[:, None] + self.positions[None, :]).reshape(-1)
+        keys = self.step_keys(step)[:, None] + self.positions[None, :]
+        return mix64_(keys, torch.empty_like(keys)).view(-1)
 
     def uniforms(self, step: int, start: int, stop: int) -> torch.Tensor:
         """The uniforms of columns [start, stop) at ``step``: float64 (B, L, stop - start)."""

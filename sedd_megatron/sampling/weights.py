@@ -33,7 +33,7 @@ import torch
 from sedd_megatron.diffusion import Graph, Noise, time_grid
 from sedd_megatron.diffusion.graph import SamplerAffine
 
-from .rng import bits_to_uniform_, column_strides, element_bits
+from .rng import bits_to_uniform_, element_bits, range_strides
 
 KINDS = ("euler", "analytic", "denoise")
 # float64 elements per block of the torch step: cache-sized on CPU, large on GPUs
@@ -254,11 +254,10 @@ def _race_torch(scores, start, num_cols, width, row_keys, active, block_affine):
     index = torch.full((rows_total,), -1, dtype=torch.int64, device=device)
     if num_cols == 0:
         return best, index
-    columns = torch.arange(start, start + num_cols, dtype=torch.int64, device=device)
-    strides = column_strides(columns)
     blocks = _row_blocks(active, width)
     if not blocks:
         return best, index
+    strides = range_strides(start, start + num_cols, device)
     n_max = blocks[0].shape[0]
     s_buf = torch.empty(n_max, width, dtype=torch.float64, device=device)
     bits_buf = torch.empty(n_max, num_cols, dtype=torch.int64, device=device)
@@ -279,6 +278,8 @@ def _race_torch(scores, start, num_cols, width, row_keys, active, block_affine):
         arg = value.argmax(-1)  # the first of equal values: the lowest column
         best[rows] = value.gather(-1, arg[:, None]).squeeze(-1)
         index[rows] = arg + start
+    if device.type == "cpu":  # the blocks held the moving rows only: the others are untouched
+        return best, index
     best = torch.where(active, best, float("-inf"))
     return best, torch.where(active, index, -1)
 
