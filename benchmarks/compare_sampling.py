@@ -3,11 +3,12 @@
 Two worker processes, one per tree (``PYTHONPATH`` set to it), each build the models of
 ``bench_sampling.py`` (that tree's copy: same configs, same random weights) and time full
 sampler runs (float64 sampler, seed 0, each after ``--warm-up`` untimed runs; process CPU
-time, one torch thread by default). The controller asks them in turn, run by run: round after round, every
-(config, batch, variant) is timed in one tree and then in the other (the order swapped every
-round), so that noise from other processes on a shared machine hits both trees alike. Columns:
-steps/s of each tree's fastest run, ``best`` = the ratio of those, ``paired`` = the median over
-rounds of the ratio new/old of the round's two runs (> 1: the new tree is faster).
+time, one torch thread by default). The controller asks them in turn, run by run: round after
+round, every (config, batch, variant) is timed in one tree and then in the other (the order
+swapped every round), so that noise from other processes on a shared machine hits both trees
+alike. Columns: steps/s of each tree's fastest run, ``best`` = the ratio of those, ``paired`` =
+the median over rounds of the ratio new/old of the round's two runs (> 1: the new tree is
+faster).
 
     git worktree add /tmp/base 002497b
     python benchmarks/compare_sampling.py --baseline /tmp/base
