@@ -14,9 +14,9 @@ sentence, packed blocks of the model's length): the perplexity bound of each SED
 the AR model (EMA weights). Writes ``results.json`` and two plots: validation loss against
 training tokens, and the final perplexities with their intervals.
 
-    python benchmarks/paper_ordering.py --out runs/paper_ordering           # CPU, about an hour
+    python benchmarks/paper_ordering.py --out runs/paper_ordering           # CPU, 1-1.5 hours
     python benchmarks/paper_ordering.py --out runs/po_gpu --size gpu        # SEDD-small, a GPU
-    python benchmarks/paper_ordering.py --out /tmp/po --size toy            # seconds (CI)
+    python benchmarks/paper_ordering.py --out /tmp/po --size toy            # minutes (CI test)
 
 A finished model is not retrained when the script runs again with the same settings (its
 ``result.json`` is kept); ``--force`` retrains everything.
@@ -58,7 +58,7 @@ _TOY_MODEL = [
 
 #: Run sizes. ``iters`` x global batch x length = training tokens per model.
 SIZES = {
-    "cpu": dict(config="configs/sedd_tiny_cpu.yaml", flags=[], iters=800, warmup=50,
+    "cpu": dict(config="configs/sedd_tiny_cpu.yaml", flags=[], iters=500, warmup=50,
                 eval_interval=100, eval_iters=8, eval_blocks=128, t_samples=32, batch=16),
     "gpu": dict(config="configs/sedd_small_absorb.yaml",
                 flags=["--micro-batch-size", "32", "--global-batch-size", "64"],
