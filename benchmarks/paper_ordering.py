@@ -195,6 +195,7 @@ def run_model(name: str, args, corpus: Path, out: Path) -> dict:
                 "t_samples": args.t_samples, "seed": args.seed, "nproc": args.nproc,
                 "corpus": str(corpus)}  # fmt: skip
     done = run_dir / "result.json"
+    command = training_command(name, args, corpus, run_dir)
     record = json.loads(done.read_text()) if done.is_file() else {}
     if record.get("settings") == settings and not args.force:
         if not (args.reeval and name != "ar"):
@@ -206,7 +207,7 @@ def run_model(name: str, args, corpus: Path, out: Path) -> dict:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         start = time.time()
-        run_logged(training_command(name, args, corpus, run_dir), run_dir / "train.log", name)
+        run_logged(command, run_dir / "train.log", name)
         train_seconds = time.time() - start
     if name != "ar":
         run_logged(elbo_command(args, run_dir), run_dir / "eval.log", f"{name} ELBO")
@@ -215,7 +216,7 @@ def run_model(name: str, args, corpus: Path, out: Path) -> dict:
     record = {
         "name": name,
         "settings": settings,
-        "command": training_command(name, args, corpus, run_dir)[1:],
+        "command": command[1:],
         "train_seconds": train_seconds,
         "training": summary,
         "likelihood": likelihood_record(name, json.loads(likelihood.read_text())),

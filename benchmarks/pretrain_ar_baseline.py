@@ -16,6 +16,7 @@ to ``--ar-eval-output`` (JSON) and to the training summary (``<save>/sedd_summar
 import contextlib
 import json
 import sys
+import time
 
 from sedd_megatron.console import ArgumentParser, fail, quiet_third_party
 
@@ -101,7 +102,7 @@ def evaluate_trained(args, model_chunks, ev) -> dict:
 
     from sedd_megatron.evaluation.autoregressive import (  # lazy: torch, after start-up
         ar_summary,
-        evaluate_ar,
+        block_nlls,
     )
     from sedd_megatron.evaluation.data import load_eval_data  # lazy: torch, after start-up
     from sedd_megatron.models.sedd.ema import find_ema  # lazy: torch, after start-up
@@ -118,15 +119,17 @@ def evaluate_trained(args, model_chunks, ev) -> dict:
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     mine = data.blocks[dp_rank::dp_size]
     model.eval()
+    start = time.perf_counter()
     with ema.swapped_in() if ema is not None else contextlib.nullcontext():
         logits_fn = full_vocab_logits(model, tokenizer.eod, tokenizer.vocab_size)
-        result = evaluate_ar(
+        mine_nlls = block_nlls(
             logits_fn, mine, batch_size=ev.ar_eval_batch_size, device=device,
             progress=torch.distributed.get_rank() == 0,
         )  # fmt: skip
+    seconds = time.perf_counter() - start
     parts = [None] * dp_size
     group = ps.get_data_parallel_group()
-    torch.distributed.all_gather_object(parts, result["block_nlls"], group=group)
+    torch.distributed.all_gather_object(parts, mine_nlls.tolist(), group=group)
     nlls = [None] * data.num_blocks
     for rank, part in enumerate(parts):
         nlls[rank::dp_size] = part
@@ -134,7 +137,7 @@ def evaluate_trained(args, model_chunks, ev) -> dict:
         **ar_summary(np.asarray(nlls), data.seq_length),
         "data": data.summary(),
         "eval_with_ema": ema is not None,
-        "seconds": result["seconds"],
+        "seconds": seconds,
     }
     if ev.ar_eval_output is not None and torch.distributed.get_rank() == 0:
         with atomic_open(ev.ar_eval_output) as f:

@@ -17,6 +17,7 @@ from sedd_megatron.datasets.sedd_dataset import get_batch_tokens
 from sedd_megatron.errors import ConfigError
 from sedd_megatron.models.sedd.ema import attach_ema
 from sedd_megatron.training.metrics import STEP_METRICS
+from sedd_megatron.training.step import batch_device, unwrap
 
 
 def check_ar_args(args) -> None:
@@ -83,14 +84,11 @@ def make_ar_forward_step(args, bos_id: int):
     """The ``forward_step_func``: next-token cross-entropy over each block, BOS first."""
 
     def forward_step(data_iterator, model):
-        unwrapped = model
-        while hasattr(unwrapped, "module"):
-            unwrapped = unwrapped.module
+        unwrapped = unwrap(model)
         tokens = inputs = None
         if unwrapped.pre_process or unwrapped.post_process:
-            device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
             tokens = get_batch_tokens(data_iterator, args.micro_batch_size, args.seq_length)
-            tokens = tokens.to(device)
+            tokens = tokens.to(batch_device())
             inputs = shift_right(tokens, bos_id)
         positions = None if inputs is None else position_ids(*inputs.shape, inputs.device)
         output = model(inputs, positions, None, labels=tokens)

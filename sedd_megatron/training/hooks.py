@@ -47,9 +47,9 @@ def _record_validation(result, args) -> None:
         record = {"iteration": iterations, "loss": float(loss), "split": split}
         # the in-loop evaluation at the last step and the one after training see the same
         # weights (with different batches): keep the later one
-        if HISTORY["valid"] and HISTORY["valid"][-1]["iteration"] == iterations:
-            if HISTORY["valid"][-1]["split"] == split:
-                HISTORY["valid"].pop()
+        last = HISTORY["valid"][-1] if HISTORY["valid"] else {}
+        if (last.get("iteration"), last.get("split")) == (iterations, split):
+            HISTORY["valid"].pop()
         HISTORY["valid"].append(record)
 
 

@@ -72,15 +72,16 @@ def summarize(args) -> dict:
 
     train = HISTORY["train"]
     iterations = args.curr_iteration + 1 if train else 0
+    tokens_per_iteration = args.global_batch_size * args.seq_length
     summary = {
         "checkpoint": args.save,
         "iterations": iterations,
-        "tokens_trained": iterations * args.global_batch_size * args.seq_length,
+        "tokens_trained": iterations * tokens_per_iteration,
     }
     if len(train) >= 2:
         steps = len(train) - 1
         seconds = train[-1]["time"] - train[0]["time"]
-        tokens = steps * args.global_batch_size * args.seq_length
+        tokens = steps * tokens_per_iteration
         summary["tokens_per_second"] = tokens / seconds if seconds > 0 else None
     if train:
         summary["final_train_loss"] = train[-1]["loss"]
@@ -90,7 +91,6 @@ def summarize(args) -> dict:
             summary[f"final_{split}_loss"] = losses[-1]
     if HISTORY["valid"]:
         summary["eval_with_ema"] = bool(args.eval_with_ema and args.ema_decay > 0)
-        tokens_per_iteration = args.global_batch_size * args.seq_length
         summary["validation"] = [
             {**r, "tokens": r["iteration"] * tokens_per_iteration} for r in HISTORY["valid"]
         ]

@@ -95,8 +95,16 @@ class NoiseStream:
         return torch.Generator(device=device).manual_seed(seed)
 
 
-def _device():
+def batch_device():
+    """Where a micro-batch goes: this rank's GPU, else the CPU."""
     return torch.device(torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+
+
+def unwrap(model):
+    """The model inside Megatron's wrappers (DDP, Float16Module)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def make_forward_step(args):
@@ -108,11 +116,9 @@ def make_forward_step(args):
     stream = NoiseStream(args.seed)
 
     def forward_step(data_iterator, model):
-        unwrapped = model
-        while hasattr(unwrapped, "module"):
-            unwrapped = unwrapped.module
+        unwrapped = unwrap(model)
         pre, post = unwrapped.pre_process, unwrapped.post_process
-        device = _device()
+        device = batch_device()
         tokens = None
         if pre or post:
             tokens = get_batch_tokens(data_iterator, args.micro_batch_size, args.seq_length)
