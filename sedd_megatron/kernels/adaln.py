@@ -154,7 +154,7 @@ class _LayerNormModulate(torch.autograd.Function):
         shift_r, scale_r = rows_of(shift), rows_of(scale)
         n_rows = x2.shape[0]
 
-        y = torch.empty_like(x2)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # not a view: see residual.py
         mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         block = next_power_of_2(hidden)
@@ -177,7 +177,7 @@ class _LayerNormModulate(torch.autograd.Function):
         ctx.save_for_backward(x2, w, scale_r, mean, rstd)
         ctx.x_shape = x.shape
         ctx.shift_dtype = shift.dtype
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -190,7 +190,7 @@ class _LayerNormModulate(torch.autograd.Function):
         n_chunks, rows_per_chunk = row_chunks(n_seq, n_batch)
         part_dy = torch.empty((n_chunks, n_batch, hidden), dtype=torch.float32, device=dy.device)
         part_dy_xhat = torch.empty_like(part_dy)
-        dx = torch.empty_like(x2)
+        dx = torch.empty(ctx.x_shape, dtype=x2.dtype, device=x2.device)
         block = next_power_of_2(hidden)
         _kernels()[1][(n_batch, n_chunks)](
             dy2,
@@ -214,7 +214,7 @@ class _LayerNormModulate(torch.autograd.Function):
         dshift = part_dy.sum(0).to(ctx.shift_dtype)
         dscale = (dy_xhat * w.float()).to(scale_r.dtype)
         dweight = (dy_xhat * (1.0 + scale_r.float())).sum(0).to(w.dtype)
-        return dx.view(ctx.x_shape), dweight, dshift, dscale, None
+        return dx, dweight, dshift, dscale, None
 
 
 def layer_norm_modulate_reference(

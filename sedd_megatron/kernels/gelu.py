@@ -119,7 +119,7 @@ class _BiasGelu(torch.autograd.Function):
         features = x.shape[-1]
         x2 = x.reshape(-1, features).contiguous()
         bias_c = bias.contiguous() if bias is not None else None
-        y = torch.empty_like(x2)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # not a view: see residual.py
         block = min(next_power_of_2(features), MAX_BLOCK)
         _kernels()[0][(x2.shape[0], cdiv(features, block))](
             x2,
@@ -132,7 +132,7 @@ class _BiasGelu(torch.autograd.Function):
         )
         ctx.save_for_backward(x2, bias_c)
         ctx.x_shape = x.shape
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -143,7 +143,7 @@ class _BiasGelu(torch.autograd.Function):
         n_col_blocks = cdiv(features, block)
         n_chunks, rows_per_chunk = row_chunks(n_rows, n_col_blocks)
 
-        dx = torch.empty_like(x2)
+        dx = torch.empty(ctx.x_shape, dtype=x2.dtype, device=x2.device)
         part_dbias = (
             torch.empty((n_chunks, features), dtype=torch.float32, device=dy.device)
             if bias_c is not None
@@ -163,7 +163,7 @@ class _BiasGelu(torch.autograd.Function):
             num_warps=num_warps_for(block),
         )
         dbias = part_dbias.sum(0).to(bias_c.dtype) if bias_c is not None else None
-        return dx.view(ctx.x_shape), dbias
+        return dx, dbias
 
 
 def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

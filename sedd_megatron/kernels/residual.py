@@ -169,7 +169,9 @@ class _GatedResidual(torch.autograd.Function):
             else None
         )
 
-        out = torch.empty_like(res2)
+        # Allocated in the caller's shape (not a view of a flat buffer): pipeline stages free
+        # their outputs in place, which Megatron refuses for views (docs/numerics.md §3).
+        out = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
         block = min(next_power_of_2(hidden), MAX_BLOCK)
         grid = (branch2.shape[0], cdiv(hidden, block))
         _kernels()[0][grid](
@@ -192,7 +194,7 @@ class _GatedResidual(torch.autograd.Function):
         ctx.save_for_backward(branch2, bias_c, gate_r, seed)
         ctx.p, ctx.dropout = p, dropout
         ctx.shape, ctx.residual_dtype = branch.shape, residual.dtype
-        return out.view(residual.shape)
+        return out
 
     @staticmethod
     def backward(ctx, dout):
@@ -209,7 +211,7 @@ class _GatedResidual(torch.autograd.Function):
         n_col_blocks = cdiv(hidden, block)
         n_chunks, rows_per_chunk = row_chunks(n_seq, n_batch * n_col_blocks)
 
-        dbranch = torch.empty_like(branch2)
+        dbranch = torch.empty(ctx.shape, dtype=branch2.dtype, device=branch2.device)
         part_dgate = torch.empty(
             (n_chunks, n_batch, hidden), dtype=torch.float32, device=dout.device
         )
@@ -237,7 +239,7 @@ class _GatedResidual(torch.autograd.Function):
         )
         dgate = part_dgate.sum(0).to(gate_r.dtype)
         dbias = part_dbias.sum((0, 1)).to(bias_c.dtype) if bias_c is not None else None
-        return dbranch.view(ctx.shape), dbias, dgate, d_residual, None, None
+        return dbranch, dbias, dgate, d_residual, None, None
 
 
 def gated_residual_reference(
