@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .dispatch import (
     HAVE_TRITON,
     jitted,
+    kernel_dtypes_ok,
     next_power_of_2,
     num_warps_for,
     plain_dispatch,
@@ -143,6 +144,12 @@ def _kernels():
     return jitted(_JITTED, _ln_modulate_fwd, _ln_modulate_bwd)
 
 
+def backward_grid(n_seq: int, n_batch: int) -> tuple[tuple[int, int], int]:
+    """The backward's grid ``(n_batch, n_chunks)`` and its rows per chunk (``row_chunks``)."""
+    n_chunks, rows_per_chunk = row_chunks(n_seq, n_batch)
+    return (n_batch, n_chunks), rows_per_chunk
+
+
 class _LayerNormModulate(torch.autograd.Function):
     """Triton forward/backward of :func:`layer_norm_modulate` (see the module docstring)."""
 
@@ -187,12 +194,12 @@ class _LayerNormModulate(torch.autograd.Function):
         n_seq = n_rows // n_batch
         dy2 = dy.reshape(-1, hidden).contiguous()
 
-        n_chunks, rows_per_chunk = row_chunks(n_seq, n_batch)
-        part_dy = torch.empty((n_chunks, n_batch, hidden), dtype=torch.float32, device=dy.device)
+        grid, rows_per_chunk = backward_grid(n_seq, n_batch)
+        part_dy = torch.empty((grid[1], n_batch, hidden), dtype=torch.float32, device=dy.device)
         part_dy_xhat = torch.empty_like(part_dy)
         dx = torch.empty(ctx.x_shape, dtype=x2.dtype, device=x2.device)
         block = next_power_of_2(hidden)
-        _kernels()[1][(n_batch, n_chunks)](
+        _kernels()[1][grid](
             dy2,
             x2,
             w,
@@ -263,11 +270,13 @@ def layer_norm_modulate(
 
     x ``[..., b, H]``, weight ``[H]``, shift and scale ``[b, H]`` (broadcast over the leading
     dims). Runs the fused Triton kernels when ``fused`` and the tensors allow it (see
-    :func:`~sedd_megatron.kernels.dispatch.triton_usable`), else the torch reference.
+    :func:`~sedd_megatron.kernels.dispatch.triton_usable`; rows up to ``MAX_FUSED_HIDDEN``;
+    float32 / bf16 / fp16), else the torch reference.
     """
     with plain_dispatch():
         _check(x, weight, shift, scale)
         fusable = fused and x.numel() > 0 and x.shape[-1] <= MAX_FUSED_HIDDEN
+        fusable = fusable and kernel_dtypes_ok(x, weight, shift, scale)
         if not (fusable and triton_usable(x, weight, shift, scale)):
             return layer_norm_modulate_reference(x, weight, shift, scale, eps)
     return _LayerNormModulate.apply(x, weight, shift, scale, float(eps))

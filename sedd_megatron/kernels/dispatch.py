@@ -29,11 +29,18 @@ except ImportError:  # pragma: no cover - depends on the environment
     HAVE_TRITON = False
 
 # Backward reductions over the sequence run on a grid of (parallel programs x row chunks); the
-# chunking aims at about TARGET_PROGRAMS programs (enough to fill an H200's 132 SMs a few times)
-# and gives each program at least MIN_ROWS_PER_CHUNK rows, so the fp32 partial-sum buffers stay
-# small next to the gradient itself.
+# chunking aims at about TARGET_PROGRAMS programs (enough to fill an H100's / H200's 132 SMs a
+# few times) and gives each program at least MIN_ROWS_PER_CHUNK rows, so the fp32 partial-sum
+# buffers stay small next to the gradient itself; where that leaves fewer than MIN_PROGRAMS
+# programs (micro-batch 1, short sequences), the chunks get fewer rows (down to one) until the
+# grid has MIN_PROGRAMS programs, two per SM.
+SM_COUNT = 132
 TARGET_PROGRAMS = 1024
+MIN_PROGRAMS = 2 * SM_COUNT
 MIN_ROWS_PER_CHUNK = 16
+
+# Activation dtypes the fp32-computing kernels take (float64 would be rounded to fp32).
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def interpreting() -> bool:
@@ -94,6 +101,15 @@ def triton_usable(*tensors: torch.Tensor | None) -> bool:
     return on_cpu and kernels_on_cpu_requested() and interpreting() and interpreter_ready()
 
 
+def kernel_dtypes_ok(*tensors: torch.Tensor | None) -> bool:
+    """Whether every floating-point tensor (``None`` ignored) is float32, bf16 or fp16.
+
+    The layer kernels load their inputs in their own dtype and compute in fp32: a float64
+    tensor would come back fp32-rounded, so the ops run their torch reference for it instead.
+    """
+    return all(t.dtype in KERNEL_DTYPES for t in tensors if t is not None and t.is_floating_point())
+
+
 def jitted(cache: dict, *fns) -> tuple:
     """``fns`` decorated with ``triton.jit`` for the current mode (compiled or interpreted).
 
@@ -125,11 +141,15 @@ def row_chunks(n_rows: int, n_parallel: int) -> tuple[int, int]:
     """Split ``n_rows`` rows into ``(n_chunks, rows_per_chunk)`` for a reduction grid.
 
     ``n_parallel`` programs already run side by side for each chunk (batch entries, column
-    blocks); the chunk count brings the total near ``TARGET_PROGRAMS``.
+    blocks); the chunk count brings the total near ``TARGET_PROGRAMS`` with chunks of at least
+    ``MIN_ROWS_PER_CHUNK`` rows, and up to ``MIN_PROGRAMS`` with shorter chunks where that is
+    too few (when there are that many rows).
     """
-    n_rows = max(n_rows, 1)
-    wanted = max(cdiv(TARGET_PROGRAMS, max(n_parallel, 1)), 1)
+    n_rows, n_parallel = max(n_rows, 1), max(n_parallel, 1)
+    wanted = max(cdiv(TARGET_PROGRAMS, n_parallel), 1)
     n_chunks = min(wanted, cdiv(n_rows, MIN_ROWS_PER_CHUNK))
+    if n_chunks * n_parallel < MIN_PROGRAMS:  # too few programs: shorter chunks, down to 1 row
+        n_chunks = min(cdiv(MIN_PROGRAMS, n_parallel), n_rows)
     rows_per_chunk = cdiv(n_rows, n_chunks)
     return cdiv(n_rows, rows_per_chunk), rows_per_chunk
 

@@ -21,6 +21,7 @@ from .dispatch import (
     HAVE_TRITON,
     cdiv,
     jitted,
+    kernel_dtypes_ok,
     next_power_of_2,
     num_warps_for,
     plain_dispatch,
@@ -111,6 +112,14 @@ def _kernels():
     return jitted(_JITTED, _bias_gelu_fwd, _bias_gelu_bwd)
 
 
+def backward_grid(n_rows: int, features: int) -> tuple[tuple[int, int], int, int]:
+    """The backward's grid ``(n_chunks, n_col_blocks)``, rows per chunk and column block."""
+    block = min(next_power_of_2(features), MAX_BLOCK)
+    n_col_blocks = cdiv(features, block)
+    n_chunks, rows_per_chunk = row_chunks(n_rows, n_col_blocks)
+    return (n_chunks, n_col_blocks), rows_per_chunk, block
+
+
 class _BiasGelu(torch.autograd.Function):
     """Triton forward/backward of :func:`bias_gelu` (see the module docstring)."""
 
@@ -139,17 +148,15 @@ class _BiasGelu(torch.autograd.Function):
         x2, bias_c = ctx.saved_tensors
         n_rows, features = x2.shape
         dy2 = dy.reshape(-1, features).contiguous()
-        block = min(next_power_of_2(features), MAX_BLOCK)
-        n_col_blocks = cdiv(features, block)
-        n_chunks, rows_per_chunk = row_chunks(n_rows, n_col_blocks)
+        grid, rows_per_chunk, block = backward_grid(n_rows, features)
 
         dx = torch.empty(ctx.x_shape, dtype=x2.dtype, device=x2.device)
         part_dbias = (
-            torch.empty((n_chunks, features), dtype=torch.float32, device=dy.device)
+            torch.empty((grid[0], features), dtype=torch.float32, device=dy.device)
             if bias_c is not None
             else dx
         )
-        _kernels()[1][(n_chunks, n_col_blocks)](
+        _kernels()[1][grid](
             dy2,
             x2,
             bias_c if bias_c is not None else x2,
@@ -174,13 +181,15 @@ def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Ten
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, fused: bool = True) -> torch.Tensor:
     """``gelu_tanh(x + bias)`` in fp32, returned in x.dtype; x ``[..., F]``, bias ``[F]`` or None.
 
-    Runs the fused Triton kernels when ``fused`` and the tensors allow it, else the reference.
+    Runs the fused Triton kernels when ``fused`` and the tensors allow it (float32 / bf16 / fp16
+    among them), else the reference.
     """
     with plain_dispatch():
         if x.dim() < 1:
             raise ValueError("x must have at least one dimension [..., F]")
         if bias is not None and bias.shape != (x.shape[-1],):
             raise ValueError(f"bias must be [F]=[{x.shape[-1]}] or None, got {tuple(bias.shape)}")
-        if not (fused and x.numel() > 0 and triton_usable(x, bias)):
+        fusable = fused and x.numel() > 0 and kernel_dtypes_ok(x, bias)
+        if not (fusable and triton_usable(x, bias)):
             return bias_gelu_reference(x, bias)
     return _BiasGelu.apply(x, bias)

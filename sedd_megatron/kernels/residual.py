@@ -16,10 +16,11 @@ Backward:
     d_gate[b]  = sum over batch b's rows of dout * d
 
 The dropout mask comes from Triton's counter-based Philox RNG, ``tl.rand(seed, i)``. The seed is
-a one-element int64 tensor drawn on the op's device from torch's default generator and read
-inside the kernels, so there is no host sync, ``torch.manual_seed`` makes the mask
-reproducible, and a replay after restoring torch's RNG state (activation recomputation) draws
-the same seed and mask. The mask is never stored: the backward regenerates it from the seed.
+a one-element int64 tensor drawn over all 2^64 values (:func:`dropout_seed`; Philox takes every
+bit of it) on the op's device from torch's default generator and read inside the kernels, so
+there is no host sync, ``torch.manual_seed`` makes the mask reproducible, and a replay after
+restoring torch's RNG state (activation recomputation) draws the same seed and mask. The mask
+is never stored: the backward regenerates it from the seed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .dispatch import (
     HAVE_TRITON,
     cdiv,
     jitted,
+    kernel_dtypes_ok,
     next_power_of_2,
     num_warps_for,
     plain_dispatch,
@@ -151,6 +153,22 @@ def _keep_scale(p: float) -> float:
     return 1.0 / (1.0 - p) if p < 1.0 else 0.0
 
 
+def backward_grid(n_seq: int, n_batch: int, hidden: int) -> tuple[tuple[int, int, int], int, int]:
+    """The backward's grid ``(n_batch, n_chunks, n_col_blocks)``, rows per chunk and column
+    block."""
+    block = min(next_power_of_2(hidden), MAX_BLOCK)
+    n_col_blocks = cdiv(hidden, block)
+    n_chunks, rows_per_chunk = row_chunks(n_seq, n_batch * n_col_blocks)
+    return (n_batch, n_chunks, n_col_blocks), rows_per_chunk, block
+
+
+def dropout_seed(device: torch.device) -> torch.Tensor:
+    """A one-element int64 Philox seed over the full 64-bit range, drawn on ``device`` from
+    torch's default generator there (no host sync; reproducible under ``torch.manual_seed``)."""
+    seed = torch.empty(1, dtype=torch.int64, device=device)
+    return seed.random_(torch.iinfo(torch.int64).min, None)  # from int64 min, to None: all 2^64
+
+
 class _GatedResidual(torch.autograd.Function):
     """Triton forward/backward of :func:`gated_residual` (see the module docstring)."""
 
@@ -162,12 +180,7 @@ class _GatedResidual(torch.autograd.Function):
         gate_r = rows_of(gate)
         bias_c = bias.contiguous() if bias is not None else None
         dropout = bool(training) and p > 0.0
-        # Drawn on the device from torch's default generator: no host sync, reproducible.
-        seed = (
-            torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=branch.device)
-            if dropout
-            else None
-        )
+        seed = dropout_seed(branch.device) if dropout else None
 
         # Allocated in the caller's shape (not a view of a flat buffer): pipeline stages free
         # their outputs in place, which Megatron refuses for views (docs/numerics.md §3).
@@ -207,16 +220,14 @@ class _GatedResidual(torch.autograd.Function):
         n_batch = gate_r.shape[0]
         n_seq = n_rows // n_batch
         dout2 = dout.reshape(-1, hidden).contiguous()
-        block = min(next_power_of_2(hidden), MAX_BLOCK)
-        n_col_blocks = cdiv(hidden, block)
-        n_chunks, rows_per_chunk = row_chunks(n_seq, n_batch * n_col_blocks)
+        grid, rows_per_chunk, block = backward_grid(n_seq, n_batch, hidden)
 
         dbranch = torch.empty(ctx.shape, dtype=branch2.dtype, device=branch2.device)
         part_dgate = torch.empty(
-            (n_chunks, n_batch, hidden), dtype=torch.float32, device=dout.device
+            (grid[1], n_batch, hidden), dtype=torch.float32, device=dout.device
         )
         part_dbias = torch.empty_like(part_dgate) if bias_c is not None else part_dgate
-        _kernels()[1][(n_batch, n_chunks, n_col_blocks)](
+        _kernels()[1][grid](
             dout2,
             branch2,
             bias_c if bias_c is not None else branch2,
@@ -291,11 +302,12 @@ def gated_residual(
 
     branch, residual ``[..., b, H]``, bias ``[H]`` or None, gate ``[b, H]``. Dropout (inverted,
     keep probability 1 - p) applies only when ``training`` and ``p > 0``. Runs the fused Triton
-    kernels when ``fused`` and the tensors allow it, else the torch reference.
+    kernels when ``fused`` and the tensors allow it (float32 / bf16 / fp16 among them), else the
+    torch reference.
     """
     with plain_dispatch():
         _check(branch, bias, gate, residual, p)
-        fusable = fused and branch.numel() > 0
+        fusable = fused and branch.numel() > 0 and kernel_dtypes_ok(branch, bias, gate, residual)
         if not (fusable and triton_usable(branch, bias, gate, residual)):
             return gated_residual_reference(branch, bias, gate, residual, p, training)
     return _GatedResidual.apply(branch, bias, gate, residual, float(p), bool(training))

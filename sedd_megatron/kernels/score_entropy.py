@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import HAVE_TRITON, jitted, triton_usable
+from .dispatch import HAVE_TRITON, KERNEL_DTYPES, jitted, triton_usable
 
 if HAVE_TRITON:
     import triton.language as tl
 
 # dtypes the kernels take; float64 (gradcheck) stays on the torch path.
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_DTYPES = KERNEL_DTYPES  # float32, bf16, fp16
 _MAX_BLOCK_V = 4096
 _JITTED: dict[bool, tuple] = {}  # the jitted kernels per mode (dispatch.jitted)
 

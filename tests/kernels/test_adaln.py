@@ -18,7 +18,8 @@ from sedd_megatron.kernels.adaln import (
 )
 
 EPS = 1e-5
-# (s, b, H) and the MIN_ROWS_PER_CHUNK to run the backward with (None: the default)
+# (s, b, H) and the MIN_ROWS_PER_CHUNK to run the backward with (None: the defaults, which give
+# these few rows one row per chunk to reach dispatch.MIN_PROGRAMS; a number also turns that off)
 CASES = [
     ((7, 3, 48), None),
     ((5, 2, 100), None),
@@ -66,11 +67,17 @@ def _exact(x, w, shift, scale):
 NAMES = ("y", "dx", "dweight", "dshift", "dscale")
 
 
+def _chunking(monkeypatch, min_rows):
+    """Chunks of ``min_rows`` rows, without the minimum program count (None: the defaults)."""
+    if min_rows is not None:
+        monkeypatch.setattr(dispatch, "MIN_ROWS_PER_CHUNK", min_rows)
+        monkeypatch.setattr(dispatch, "MIN_PROGRAMS", 1)
+
+
 @pytest.mark.usefixtures("triton_interpreter")
 @pytest.mark.parametrize("shape,min_rows", CASES)
 def test_fp32_matches_reference(shape, min_rows, monkeypatch):
-    if min_rows is not None:
-        monkeypatch.setattr(dispatch, "MIN_ROWS_PER_CHUNK", min_rows)
+    _chunking(monkeypatch, min_rows)
     inputs, dy = _inputs(shape, torch.float32)
     y, grads = _run(_fused, inputs, dy)
     y_ref, grads_ref = _run(_reference, inputs, dy)
@@ -82,8 +89,7 @@ def test_fp32_matches_reference(shape, min_rows, monkeypatch):
 @pytest.mark.usefixtures("triton_interpreter")
 @pytest.mark.parametrize("shape,min_rows", CASES)
 def test_bf16_within_one_ulp_of_exact(shape, min_rows, monkeypatch, check_bf16):
-    if min_rows is not None:
-        monkeypatch.setattr(dispatch, "MIN_ROWS_PER_CHUNK", min_rows)
+    _chunking(monkeypatch, min_rows)
     inputs, dy = _inputs(shape, torch.bfloat16, seed=1)
     y, grads = _run(_fused, inputs, dy)
     y_ref, grads_ref = _run(_reference, inputs, dy)

@@ -14,7 +14,8 @@ from sedd_megatron.kernels import dispatch, gelu
 from sedd_megatron.kernels.gelu import bias_gelu, bias_gelu_reference
 
 FUSED_NODE = "_BiasGeluBackward"
-# x shape, MIN_ROWS_PER_CHUNK and MAX_BLOCK to run with (None: the defaults)
+# x shape, MIN_ROWS_PER_CHUNK and MAX_BLOCK to run with (None: the defaults,
+# which give these few rows one row per chunk to reach dispatch.MIN_PROGRAMS)
 CASES = [
     ((7, 3, 48), None, None),
     ((5, 2, 100), None, 32),  # 4 column blocks, the last one ragged
@@ -58,8 +59,9 @@ def _exact(x, bias):
 
 
 def _setup(monkeypatch, min_rows, max_block):
-    if min_rows is not None:
+    if min_rows is not None:  # chunks of min_rows rows, without the minimum program count
         monkeypatch.setattr(dispatch, "MIN_ROWS_PER_CHUNK", min_rows)
+        monkeypatch.setattr(dispatch, "MIN_PROGRAMS", 1)
     if max_block is not None:
         monkeypatch.setattr(gelu, "MAX_BLOCK", max_block)
 

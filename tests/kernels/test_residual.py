@@ -16,7 +16,8 @@ from sedd_megatron.kernels import dispatch, residual
 from sedd_megatron.kernels.residual import gated_residual, gated_residual_reference
 
 FUSED_NODE = "_GatedResidualBackward"
-# (s, b, H), MIN_ROWS_PER_CHUNK and MAX_BLOCK to run with (None: the defaults)
+# (s, b, H), MIN_ROWS_PER_CHUNK and MAX_BLOCK to run with (None: the defaults,
+# which give these few rows one row per chunk to reach dispatch.MIN_PROGRAMS)
 CASES = [
     ((7, 3, 48), None, None),
     ((5, 2, 100), None, 32),  # 4 column blocks, the last one ragged
@@ -71,8 +72,9 @@ def _pairs(out, grads):
 
 
 def _setup(monkeypatch, min_rows, max_block):
-    if min_rows is not None:
+    if min_rows is not None:  # chunks of min_rows rows, without the minimum program count
         monkeypatch.setattr(dispatch, "MIN_ROWS_PER_CHUNK", min_rows)
+        monkeypatch.setattr(dispatch, "MIN_PROGRAMS", 1)
     if max_block is not None:
         monkeypatch.setattr(residual, "MAX_BLOCK", max_block)
 
@@ -210,6 +212,48 @@ def test_dropout_replays_after_restoring_the_rng_state():
     torch.set_rng_state(state)
     again = gated_residual(branch, bias, gate, res, p=P)
     assert torch.equal(first, again)
+
+
+def test_dropout_seed_spans_64_bits():
+    """Seeds come from the whole int64 range: negative ones and ones past 2^31 and 2^32 (the
+    high Philox word) appear, and torch.manual_seed reproduces them."""
+    torch.manual_seed(41)
+    seeds = torch.cat([residual.dropout_seed(torch.device("cpu")) for _ in range(64)])
+    assert seeds.dtype == torch.int64 and seeds.shape == (64,)
+    assert bool((seeds < 0).any()) and bool((seeds >= 2**32).any())
+    assert bool(((seeds >> 32) != 0).all()), "a high 32-bit word is zero: 31-bit seeds?"
+    assert seeds.unique().numel() == 64
+    torch.manual_seed(41)
+    assert torch.equal(seeds[:1], residual.dropout_seed(torch.device("cpu")))
+
+
+# seeds at the edges of the int64 range, and two that differ only in the high 32-bit word
+EDGE_SEEDS = (-(2**63), -1, 2**63 - 1, 5, 5 + 2**32)
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+def test_dropout_with_64_bit_seeds(monkeypatch):
+    """With each edge seed the forward's mask is a dropout mask, and the backward regenerates
+    exactly it (gradients against the formula with that mask); the high word changes it."""
+    branch, bias, gate, res, dout = _dropout_inputs(SMALL)
+    masks = {}
+    for value in EDGE_SEEDS:
+        monkeypatch.setattr(
+            residual, "dropout_seed", lambda device, v=value: torch.tensor([v], device=device)
+        )
+        keep = _mask(branch, bias, gate, seed=0)
+        kept = keep.double().mean().item()
+        assert abs(kept - (1 - P)) < 5 * ((1 - P) * P / keep.numel()) ** 0.5, (value, kept)
+        leaves = [t.clone().requires_grad_() for t in (branch, bias, gate, res)]
+        out = _fused(*leaves, p=P)
+        d_branch, d_bias, d_gate, _ = torch.autograd.grad(out, leaves, dout)
+        dropped = keep * (branch + bias) / (1 - P)
+        torch.testing.assert_close(out, res + gate * dropped, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(d_branch, dout * gate * keep / (1 - P), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(d_bias, d_branch.sum((0, 1)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d_gate, (dout * dropped).sum(0), rtol=1e-5, atol=1e-5)
+        masks[value] = keep
+    assert not torch.equal(masks[5], masks[5 + 2**32]), "the seed's high word is ignored"
 
 
 @pytest.mark.usefixtures("triton_interpreter")
