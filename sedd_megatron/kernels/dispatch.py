@@ -8,7 +8,12 @@ The fused ops run their Triton kernels when ``triton_usable(*tensors)`` holds:
   the tests check the kernels on machines without a GPU; far too slow for anything else).
 
 Otherwise the ops run their unfused torch reference, so this package imports and works without
-triton. ``triton.jit`` picks compiled or interpreted execution from ``TRITON_INTERPRET`` when it
+triton. The layer and loss kernels compute in fp32, so they take float32 / bf16 / fp16 tensors
+only (:func:`kernel_dtypes_ok`): float64 runs the reference, which keeps it.
+:func:`fused_kernel_status` says in one line which of them a model configuration runs, and why
+any fall back.
+
+``triton.jit`` picks compiled or interpreted execution from ``TRITON_INTERPRET`` when it
 decorates, so the kernels are decorated on first launch (:func:`jitted`, cached per mode), not
 at import. Triton's own library functions (``tl.rand``) are decorated when triton is imported:
 interpreting them needs ``TRITON_INTERPRET=1`` set before the first ``import triton``.
@@ -161,3 +166,66 @@ def rows_of(t: torch.Tensor) -> torch.Tensor:
     ``[b, 6H]`` projection: the kernels take their row stride instead of copying them.
     """
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+# The fused ops a SEDD model runs in training, as the start-up status line names them.
+FUSED_OPS = ("LayerNorm+adaLN", "gated residual+dropout", "bias+GELU", "score entropy")
+
+
+def fused_kernel_status(
+    hidden_size: int,
+    dtype: torch.dtype,
+    enabled: bool = True,
+    *,
+    have_triton: bool | None = None,
+    cuda: bool | None = None,
+) -> str:
+    """One line saying which fused kernels a model with this hidden size and activation dtype
+    runs, and why any fall back to the torch references.
+
+    ``enabled``: the config's ``fused_kernels`` (``--no-sedd-fused-kernels`` turns it off);
+    ``have_triton`` (default: whether triton imports) and ``cuda`` (default:
+    ``torch.cuda.is_available()``) describe the machine. Without CUDA the kernels run only on
+    Triton's CPU interpreter when asked (``SEDD_TRITON_ON_CPU=1`` and ``TRITON_INTERPRET=1``).
+    """
+    from .adaln import MAX_FUSED_HIDDEN  # adaln imports this module
+
+    have_triton = HAVE_TRITON if have_triton is None else have_triton
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    off = None
+    if not enabled:
+        off = "turned off by --no-sedd-fused-kernels (fused_kernels=False)"
+    elif not have_triton:
+        off = "triton is not installed"
+    elif dtype not in KERNEL_DTYPES:
+        off = f"{str(dtype).removeprefix('torch.')} activations (the kernels compute in fp32)"
+    elif not cuda and not kernels_on_cpu_requested():
+        off = "no CUDA device (CPU without SEDD_TRITON_ON_CPU=1)"
+    elif not cuda and not (interpreting() and interpreter_ready()):
+        off = (
+            "no CUDA device, and SEDD_TRITON_ON_CPU=1 needs Triton's interpreter "
+            "(TRITON_INTERPRET=1 before triton is imported)"
+        )
+    if off is not None:
+        return f"SEDD fused kernels: none active, torch references everywhere: {off}"
+    where = "Triton on CUDA" if cuda else "Triton's CPU interpreter, slow: tests only"
+    active = [op for op in FUSED_OPS if op != FUSED_OPS[0] or hidden_size <= MAX_FUSED_HIDDEN]
+    line = f"SEDD fused kernels ({where}): active: {', '.join(active)}"
+    if hidden_size > MAX_FUSED_HIDDEN:
+        line += (
+            f"; {FUSED_OPS[0]} falls back to the torch reference: hidden size {hidden_size} > "
+            f"MAX_FUSED_HIDDEN {MAX_FUSED_HIDDEN}"
+        )
+    return line
+
+
+def fused_kernel_status_of(config) -> str:
+    """:func:`fused_kernel_status` for a transformer config: ``hidden_size``, ``fused_kernels``
+    and the activation dtype (bf16 / fp16 when those flags are set, else ``params_dtype``)."""
+    if getattr(config, "bf16", False):
+        dtype = torch.bfloat16
+    elif getattr(config, "fp16", False):
+        dtype = torch.float16
+    else:
+        dtype = getattr(config, "params_dtype", torch.float32)
+    return fused_kernel_status(config.hidden_size, dtype, getattr(config, "fused_kernels", True))

@@ -52,6 +52,24 @@ def num_data_tokens() -> int:
     return get_tokenizer().vocab_size
 
 
+_FUSED_STATUS_PRINTED = False
+
+
+def report_fused_kernels(config) -> None:
+    """Prints which fused kernels the model runs (``kernels.dispatch.fused_kernel_status``),
+    once per process (the first model built) and on global rank 0 only."""
+    global _FUSED_STATUS_PRINTED
+    if _FUSED_STATUS_PRINTED:
+        return
+    _FUSED_STATUS_PRINTED = True
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    from sedd_megatron.kernels.dispatch import fused_kernel_status_of
+
+    print(fused_kernel_status_of(config), flush=True)
+
+
 def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
                    pg_collection=None) -> SEDDModel:  # fmt: skip
     """Build this pipeline stage's SEDDModel (with EMA weights attached unless disabled)."""
@@ -60,6 +78,7 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     args = get_args()
     if not isinstance(config, SEDDTransformerConfig):
         config = sedd_config_from_args(args, num_data_tokens())
+    report_fused_kernels(config)
     use_te = args.transformer_impl == "transformer_engine"
     model = SEDDModel(
         config,

@@ -1,18 +1,23 @@
-"""kernels/dispatch.py: backward grid sizes and the float64 fallback.
+"""kernels/dispatch.py: backward grid sizes, the float64 fallback and the fused-kernel status line.
 
 * Every backward reduction grid launches at least an H100's 132 SMs' worth of programs at
   micro-batch 1, sequence 1024, for the hidden sizes (and 4x FFN widths) of SEDD and larger
   models; the grids are the ops' own (``backward_grid``), so the count cannot drift from them.
 * float64 tensors take the torch reference even with the kernels requested: the result is the
   reference's, bit for bit (the kernels would round it to fp32).
+* ``fused_kernel_status`` names the active kernels and each reason for a fallback, and the SEDD
+  model provider prints it once, on rank 0.
 """
 
+import inspect
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sedd_megatron.kernels import adaln, dispatch, gelu, residual
+from sedd_megatron.kernels.dispatch import fused_kernel_status, fused_kernel_status_of
 
 H100_SMS = 132
 SEQ, MICRO_BATCH = 1024, 1
@@ -110,3 +115,92 @@ def test_kernel_dtypes_ok():
     half, double = torch.zeros(2, dtype=torch.float16), torch.zeros(2, dtype=torch.float64)
     assert dispatch.kernel_dtypes_ok(half, None, torch.zeros(2, dtype=torch.int64))
     assert not dispatch.kernel_dtypes_ok(half, double)
+
+
+# --- status line -------------------------------------------------------------------------------
+
+ALL_OPS = "LayerNorm+adaLN, gated residual+dropout, bias+GELU, score entropy"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_status_all_active_on_cuda(dtype):
+    line = fused_kernel_status(768, dtype, have_triton=True, cuda=True)
+    assert line == f"SEDD fused kernels (Triton on CUDA): active: {ALL_OPS}"
+
+
+def test_status_wide_hidden_falls_back_for_adaln_only():
+    assert fused_kernel_status(8192, torch.bfloat16, have_triton=True, cuda=True).endswith(
+        f"active: {ALL_OPS}"
+    )
+    line = fused_kernel_status(10240, torch.bfloat16, have_triton=True, cuda=True)
+    assert line == (
+        "SEDD fused kernels (Triton on CUDA): active: gated residual+dropout, bias+GELU, "
+        "score entropy; LayerNorm+adaLN falls back to the torch reference: hidden size 10240 > "
+        "MAX_FUSED_HIDDEN 8192"
+    )
+
+
+NONE = "SEDD fused kernels: none active, torch references everywhere: "
+
+
+def test_status_fallback_reasons(monkeypatch):
+    def status(**kwargs):
+        args = {"hidden_size": 1024, "dtype": torch.bfloat16, "have_triton": True, "cuda": True}
+        return fused_kernel_status(**{**args, **kwargs})
+
+    assert status(enabled=False) == NONE + (
+        "turned off by --no-sedd-fused-kernels (fused_kernels=False)"
+    )
+    assert status(have_triton=False) == NONE + "triton is not installed"
+    assert status(dtype=torch.float64) == NONE + (
+        "float64 activations (the kernels compute in fp32)"
+    )
+    monkeypatch.delenv("SEDD_TRITON_ON_CPU")
+    assert status(cuda=False) == NONE + "no CUDA device (CPU without SEDD_TRITON_ON_CPU=1)"
+    monkeypatch.setenv("SEDD_TRITON_ON_CPU", "1")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert status(cuda=False) == NONE + (
+        "no CUDA device, and SEDD_TRITON_ON_CPU=1 needs Triton's interpreter "
+        "(TRITON_INTERPRET=1 before triton is imported)"
+    )
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+def test_status_cpu_interpreter():
+    line = fused_kernel_status(64, torch.float32, cuda=False)
+    where = "Triton's CPU interpreter, slow: tests only"
+    assert line == f"SEDD fused kernels ({where}): active: {ALL_OPS}"
+
+
+def test_status_of_config_reads_the_activation_dtype():
+    def config(**kwargs):
+        fields = {"hidden_size": 1024, "params_dtype": torch.float32, "fused_kernels": True}
+        return SimpleNamespace(**{**fields, **kwargs})
+
+    assert fused_kernel_status_of(config(params_dtype=torch.float64)) == fused_kernel_status(
+        1024, torch.float64
+    )
+    assert "float64" in fused_kernel_status_of(config(params_dtype=torch.float64))
+    assert fused_kernel_status_of(config(bf16=True, fused_kernels=False)) == NONE + (
+        "turned off by --no-sedd-fused-kernels (fused_kernels=False)"
+    )
+    assert fused_kernel_status_of(config(fp16=True, hidden_size=9000)) == fused_kernel_status(
+        9000, torch.float16
+    )
+
+
+def test_model_provider_prints_the_status_once_on_rank_0(monkeypatch, capsys):
+    from sedd_megatron.training import step
+
+    assert "report_fused_kernels(config)" in inspect.getsource(step.model_provider)
+    config = SimpleNamespace(hidden_size=64, params_dtype=torch.float64, fused_kernels=True)
+    monkeypatch.setattr(step, "_FUSED_STATUS_PRINTED", False)
+    step.report_fused_kernels(config)
+    step.report_fused_kernels(config)
+    assert capsys.readouterr().out == fused_kernel_status_of(config) + "\n"
+
+    monkeypatch.setattr(step, "_FUSED_STATUS_PRINTED", False)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    step.report_fused_kernels(config)
+    assert capsys.readouterr().out == ""
