@@ -12,7 +12,8 @@ columns in ``BLOCK`` tiles, reads the log-scores in their own dtype and computes
   the torch code on any device), E = -log(u), and the running best of w / E over columns
   [0, num_cols) of the shard: the row's best value (float64, -inf when the row does not move or
   the shard has no columns to race over) and its global column (int64, -1 then; ties go to the
-  lowest column). No weight, uniform or float64 score is ever stored.
+  lowest column). A NaN value wins as in ``torch.argmax`` (NaN above every number, the first
+  NaN column; the best value is then NaN). No weight, uniform or float64 score is ever stored.
 * ``_keyed_uniforms``: the uniforms alone, (R, C) float64 (tests, and the RNG's Triton twin).
 
 The float arithmetic is the torch code's, operation for operation, and the launches pass
@@ -134,12 +135,18 @@ if HAVE_TRITON:
             h = h ^ (h >> 31)
             u = tl.maximum((h >> 11).to(tl.float64), 0.5) * 1.1102230246251565e-16
             value = w / -tl.log(u)
-            better = inside & (value > best)  # strict: each lane keeps its first best column
+            # torch.argmax's order: NaN above every number. Strict, and nothing replaces a NaN:
+            # each lane keeps its first best column (its first NaN, if any)
+            better = inside & (best == best) & ((value > best) | (value != value))
             best = tl.where(better, value, best)
             best_col = tl.where(better, cols, best_col)
-        top = tl.max(best, axis=0)
-        # the lowest column reaching the maximum (-1 when nothing was raced)
-        col = tl.min(tl.where(best == top, best_col, 2147483647), axis=0)
+        lane_nan = best != best
+        any_nan = tl.max(lane_nan.to(tl.int32), axis=0) > 0
+        top = tl.max(tl.where(lane_nan, float("-inf"), best), axis=0)
+        # the lowest column reaching the maximum, or the first NaN (-1 when nothing was raced)
+        hit = tl.where(any_nan, lane_nan, best == top)
+        col = tl.min(tl.where(hit, best_col, 2147483647), axis=0)
+        top = tl.where(any_nan, float("nan"), top)
         tl.store(best_ptr + row, top)
         tl.store(index_ptr + row, tl.where(col >= 0, col.to(tl.int64) + start, -1))
 
@@ -225,8 +232,9 @@ def race_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused race over shard columns [0, num_cols) (global start + column) of scores
     (B, L, V): (best w / E float64 (B * L,), its global column int64 (B * L,)); -inf / -1 for
-    rows that do not move. ``coefficients`` (B * L, 6) float64 and ``special`` (B * L,) int64
-    are the rows' ``SamplerAffine`` (see ``sedd_megatron.sampling.weights.pack_affine``)."""
+    rows that do not move; NaN and the first NaN column for a row with a NaN value (as
+    ``torch.argmax``). ``coefficients`` (B * L, 6) float64 and ``special`` (B * L,) int64 are
+    the rows' ``SamplerAffine`` (see ``sedd_megatron.sampling.weights.pack_affine``)."""
     _require(scores, row_keys, coefficients, special, active)
     scores = _score_view(scores)
     batch, length, vocab = scores.shape

@@ -206,7 +206,9 @@ def race(
     (global columns start + c) of log-scores (B, L, V): (best w / E float64 (B * L,), its global
     column int64 (B * L,)), with w from ``affine`` (the rows' ``SamplerAffine``), u from the row
     keys (``rng``) and E = -log(u); -inf / -1 for rows that do not move or when the shard has no
-    columns to race over. Ties go to the lowest column; over shards, the largest value wins."""
+    columns to race over. Ties go to the lowest column; over shards, the largest value wins. A
+    NaN value wins as in ``torch.argmax`` (above every number; the first NaN column, value
+    NaN), on both paths and over shards."""
     coefficients, special = pack_affine(affine)
     if use_triton(fused, scores, row_keys, coefficients, active):
         from sedd_megatron.kernels.sampling_step import race_triton  # lazy: triton
@@ -275,7 +277,9 @@ def _race_torch(scores, start, num_cols, width, row_keys, active, block_affine):
             bits_buf[:n],
             tmp_buf[:n],
         )
-        arg = value.argmax(-1)  # the first of equal values: the lowest column
+        # the first of equal values (the lowest column); a NaN counts above every number, the
+        # first NaN wins: the kernel's order (kernels/sampling_step.py)
+        arg = value.argmax(-1)
         best[rows] = value.gather(-1, arg[:, None]).squeeze(-1)
         index[rows] = arg + start
     if device.type == "cpu":  # the blocks held the moving rows only: the others are untouched

@@ -131,3 +131,30 @@ def test_sampler_with_kernels_draws_the_torch_samples(model, monkeypatch):
     monkeypatch.setenv("SEDD_TRITON_ON_CPU", "1")
     got = sampler.sample(None, [4, 1], 9)
     assert torch.equal(got, want)
+
+
+def test_race_nan_wins_like_argmax():
+    """A NaN race value wins as torch.argmax has it (above every number, the first NaN column,
+    value NaN), in the kernel and the torch twin alike: NaN log-scores give NaN weights w = s."""
+    rows, start, width = 6, 500, 2100
+    scores = torch.randn(1, rows, width, generator=torch.Generator().manual_seed(4))
+    nan = float("nan")
+    scores[0, 1, [200, 1030]] = nan  # the first NaN's lane (200) is not the lowest lane (6)
+    scores[0, 2, 1030] = nan  # in the second 1024-column block
+    scores[0, 3, width - 1] = nan  # the last column
+    scores[0, 4, :] = nan  # all NaN: the first column
+    scores[0, 5, 7] = nan  # a row that does not move
+    zero = torch.zeros(rows, dtype=torch.float64)
+    affine = SamplerAffine(zero + 1, zero, zero + 1, zero.long() - 1, zero, zero, zero + 1)
+    active = torch.tensor([True, True, True, True, True, False])
+    row_keys = keys(rows)
+    got = race_triton(scores, start, width, row_keys, *pack_affine(affine), active)
+    want = race(scores, start, width, row_keys, affine, active, fused=False)
+    first_nan = torch.tensor([-1, 200, 1030, width - 1, 0, -1])
+    no_nan = race(scores[:, :1], start, width, row_keys[:1], affine, active[:1], fused=False)
+    expected = torch.cat([no_nan[1], first_nan[1:5] + start, torch.tensor([-1])])
+    for label, (value, index) in (("kernel", got), ("torch", want)):
+        assert torch.equal(index, expected), f"{label}: winners {index.tolist()}"
+        assert bool(value[1:5].isnan().all()) and bool(value[0].isfinite()), label
+        assert value[5] == float("-inf"), label
+    assert_same_race((got[0][:1], got[1][:1]), (want[0][:1], want[1][:1]), "row without NaN")
