@@ -3,11 +3,13 @@
 The other kernel tests run the kernels in Triton's interpreter, which never compiles them, so
 code that cannot be lowered for a real GPU would pass there. This module compiles each kernel
 ahead of time for ``GPUTarget("cuda", 90, 32)`` (no GPU needed: Triton's bundled ptxas) exactly
-as its launcher launches it at the SEDD model sizes: hidden 768 / 1024 (adaLN also at its
-widest fused row, ``MAX_FUSED_HIDDEN``), MLP width 3072 / 4096, vocabulary shard 50304 / 25152
-columns. The launchers themselves run, on CPU tensors of those widths (bf16 activations), with
-their kernels replaced by recorders, so the argument dtypes (bf16 activations, fp32 statistics
-and partial sums, int64 token columns and seed), the int specialisations (value 1,
+as its launcher launches it at the SEDD model sizes and larger ones: hidden 768 / 1024 (SEDD
+small / medium), 1280, 5120, 6144 and 8192 (adaLN's widest fused row, ``MAX_FUSED_HIDDEN``),
+MLP width 4 x hidden, vocabulary shard 50304 / 25152 columns; the layer kernels with bf16, fp16
+and fp32 activations. The launchers themselves run, on CPU tensors of those widths (allocated,
+never written: only their shapes, strides and dtypes matter), with their kernels replaced by
+recorders, so the argument dtypes (activations, fp32 statistics and partial sums, int64 token
+columns and seed), the int specialisations (value 1,
 divisibility by 16), the constexpr flags, the block sizes and the num_warps compiled here are
 the ones the launchers pick. Each recorded launch is specialised by Triton's own argument
 binder, as ``JITFunction.run`` does, and compiled with ``triton.compile`` (in memory, into a
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import io
 import itertools
 import json
@@ -50,8 +53,9 @@ WORKER_TIMEOUT_S = 300
 # Launch shapes: the widths are the SEDD model sizes; sequence x batch only sets the row counts
 # (chunking of the backward reductions), kept small because the tensors are real CPU tensors.
 SEQ, BATCH = 256, 16
-HIDDEN_SIZES = (768, 1024)
-MLP_WIDTHS = (3072, 4096)
+HIDDEN_SIZES = (768, 1024, 1280, 5120, 6144, MAX_FUSED_HIDDEN)
+MLP_WIDTHS = tuple(4 * hidden for hidden in HIDDEN_SIZES)
+LAYER_DTYPES = ("bf16", "fp16", "fp32")  # the layer kernels' activation dtypes
 NUM_TOKENS = 50257  # GPT-2; the absorbing graph adds the MASK token (id NUM_TOKENS)
 # (columns of this rank's vocabulary shard, TP size, TP rank): the full padded vocabulary, and
 # the last rank of two, whose shard ends in padding
@@ -74,41 +78,41 @@ def _case(module, case_id, op, params, flags):
 
 def _cases() -> list[dict]:
     cases = []
-    # adaLN also at the widest row its launcher fuses (one row per program: the most registers)
-    for hidden in (*HIDDEN_SIZES, MAX_FUSED_HIDDEN):
+    # adaLN up to the widest row its launcher fuses (one row per program: the most registers)
+    for hidden, dtype in itertools.product(HIDDEN_SIZES, LAYER_DTYPES):
         cases.append(
             _case(
                 "adaln",
-                f"H{hidden}",
+                f"H{hidden}-{dtype}",
                 "adaln",
-                {"hidden": hidden},
+                {"hidden": hidden, "dtype": dtype},
                 {"_ln_modulate_fwd": {}, "_ln_modulate_bwd": {}},
             )
         )
-    for hidden in HIDDEN_SIZES:
+    for hidden, dtype in itertools.product(HIDDEN_SIZES, LAYER_DTYPES):
         for bias in (True, False):
             for dropout in (True, False):
                 flags = {"HAS_BIAS": bias, "DROPOUT": dropout}
-                name = f"H{hidden}-{'bias' if bias else 'nobias'}-"
+                name = f"H{hidden}-{dtype}-{'bias' if bias else 'nobias'}-"
                 name += "dropout" if dropout else "nodropout"
                 cases.append(
                     _case(
                         "residual",
                         name,
                         "residual",
-                        {"hidden": hidden, "bias": bias, "dropout": dropout},
+                        {"hidden": hidden, "bias": bias, "dropout": dropout, "dtype": dtype},
                         {"_gated_residual_fwd": flags, "_gated_residual_bwd": flags},
                     )
                 )
-    for width in MLP_WIDTHS:
+    for width, dtype in itertools.product(MLP_WIDTHS, LAYER_DTYPES):
         for bias in (True, False):
             flags = {"HAS_BIAS": bias}
             cases.append(
                 _case(
                     "gelu",
-                    f"F{width}-{'bias' if bias else 'nobias'}",
+                    f"F{width}-{dtype}-{'bias' if bias else 'nobias'}",
                     "gelu",
-                    {"width": width, "bias": bias},
+                    {"width": width, "bias": bias, "dtype": dtype},
                     {"_bias_gelu_fwd": flags, "_bias_gelu_bwd": flags},
                 )
             )
@@ -305,33 +309,42 @@ def test_compiles_for_sm90(compiled, case, kernel):
 # The compile worker (this file run as a script, without TRITON_INTERPRET)
 
 
-def _run_adaln(torch, module, hidden):
-    x = torch.zeros(SEQ, BATCH, hidden, dtype=torch.bfloat16, requires_grad=True)
-    weight = torch.zeros(hidden, dtype=torch.bfloat16, requires_grad=True)
+def _dtype(torch, name):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _leaf(torch, dtype, *shape):
+    """An uninitialised leaf: the launchers read only its shape, strides and dtype, and
+    memory that is never written costs nothing at the widest MLP."""
+    return torch.empty(*shape, dtype=_dtype(torch, dtype), requires_grad=True)
+
+
+def _run_adaln(torch, module, hidden, dtype):
+    x = _leaf(torch, dtype, SEQ, BATCH, hidden)
+    weight = _leaf(torch, dtype, hidden)
     # shift and scale are column slices of the [b, 6H] adaLN projection, as in the model
-    modulation = torch.zeros(BATCH, 6 * hidden, dtype=torch.bfloat16, requires_grad=True)
+    modulation = _leaf(torch, dtype, BATCH, 6 * hidden)
     shift, scale = modulation[:, :hidden], modulation[:, hidden : 2 * hidden]
     y = module.layer_norm_modulate(x, weight, shift, scale, 1e-6)
-    y.backward(torch.zeros_like(y))
+    y.backward(torch.empty_like(y))
 
 
-def _run_residual(torch, module, hidden, bias, dropout):
+def _run_residual(torch, module, hidden, bias, dropout, dtype):
     def leaf(*shape):
-        return torch.zeros(*shape, dtype=torch.bfloat16, requires_grad=True)
+        return _leaf(torch, dtype, *shape)
 
     branch, residual = leaf(SEQ, BATCH, hidden), leaf(SEQ, BATCH, hidden)
     gate = leaf(BATCH, 6 * hidden)[:, 2 * hidden : 3 * hidden]
     out = module.gated_residual(
         branch, leaf(hidden) if bias else None, gate, residual, DROPOUT_P if dropout else 0.0
     )
-    out.backward(torch.zeros_like(out))
+    out.backward(torch.empty_like(out))
 
 
-def _run_gelu(torch, module, width, bias):
-    x = torch.zeros(SEQ, BATCH, width, dtype=torch.bfloat16, requires_grad=True)
-    b = torch.zeros(width, dtype=torch.bfloat16, requires_grad=True) if bias else None
-    y = module.bias_gelu(x, b)
-    y.backward(torch.zeros_like(y))
+def _run_gelu(torch, module, width, bias, dtype):
+    x = _leaf(torch, dtype, SEQ, BATCH, width)
+    y = module.bias_gelu(x, _leaf(torch, dtype, width) if bias else None)
+    y.backward(torch.empty_like(y))
 
 
 def _run_score_entropy(torch, module, vocab, tp, rank, graph, shift, dtype):
@@ -407,6 +420,9 @@ def _record_launches(case, torch, JITFunction) -> list:
         _RUNNERS[case["op"]](torch, module, **case["params"])
     finally:
         module._kernels, module.triton_usable = saved
+        # the runner's tensors sit in reference cycles (autograd): free them before the next
+        # case, or the widest cases' gradients add up to gigabytes
+        gc.collect()
     return launches
 
 
