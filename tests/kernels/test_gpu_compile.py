@@ -6,15 +6,15 @@ ahead of time for ``GPUTarget("cuda", 90, 32)`` (no GPU needed: Triton's bundled
 as its launcher launches it at the SEDD model sizes and larger ones: hidden 768 / 1024 (SEDD
 small / medium), 1280, 5120, 6144 and 8192 (adaLN's widest fused row, ``MAX_FUSED_HIDDEN``),
 MLP width 4 x hidden, vocabulary shard 50304 / 25152 columns; the layer kernels with bf16, fp16
-and fp32 activations. The launchers themselves run, on CPU tensors of those widths (allocated,
-never written: only their shapes, strides and dtypes matter), with their kernels replaced by
-recorders, so the argument dtypes (activations, fp32 statistics and partial sums, int64 token
-columns and seed), the int specialisations (value 1,
-divisibility by 16), the constexpr flags, the block sizes and the num_warps compiled here are
-the ones the launchers pick. Each recorded launch is specialised by Triton's own argument
-binder, as ``JITFunction.run`` does, and compiled with ``triton.compile`` (in memory, into a
-private cache directory); the test asserts a cubin for sm_90a, shared memory within the 227 KiB
-an sm_90 block can have and, from ptxas's ``-v`` report, no register spills.
+and fp32 activations, and at micro-batch 1 (the backward grids' short row chunks). The
+launchers themselves run, on CPU tensors of those widths (allocated, never written: only their
+shapes, strides and dtypes matter), with their kernels replaced by recorders, so the argument
+dtypes (activations, fp32 statistics and partial sums, int64 token columns and seed), the int
+specialisations (value 1, divisibility by 16), the constexpr flags, the block sizes and the
+num_warps compiled here are the ones the launchers pick. Each recorded launch is specialised by
+Triton's own argument binder, as ``JITFunction.run`` does, and compiled with ``triton.compile``
+(in memory, into a private cache directory); the test asserts a cubin for sm_90a, shared memory
+within the 227 KiB an sm_90 block can have and, from ptxas's ``-v`` report, no register spills.
 
 Why a subprocess: ``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` before triton is imported,
 and then triton's own library functions (``tl.sum``, ``tl.rand``...) are interpreter objects
@@ -53,6 +53,8 @@ WORKER_TIMEOUT_S = 300
 # Launch shapes: the widths are the SEDD model sizes; sequence x batch only sets the row counts
 # (chunking of the backward reductions), kept small because the tensors are real CPU tensors.
 SEQ, BATCH = 256, 16
+# micro-batch 1, sequence 1024: the backward grids take short row chunks (dispatch.MIN_PROGRAMS)
+SHORT_CHUNKS = {"seq": 1024, "batch": 1}
 HIDDEN_SIZES = (768, 1024, 1280, 5120, 6144, MAX_FUSED_HIDDEN)
 MLP_WIDTHS = tuple(4 * hidden for hidden in HIDDEN_SIZES)
 LAYER_DTYPES = ("bf16", "fp16", "fp32")  # the layer kernels' activation dtypes
@@ -159,6 +161,34 @@ def _cases() -> list[dict]:
                 },
             )
         )
+    # the short-chunk grids of micro-batch 1 (rows per chunk not a multiple of 16), bf16
+    for hidden in (HIDDEN_SIZES[0], MAX_FUSED_HIDDEN):
+        cases += [
+            _case(
+                "adaln",
+                f"H{hidden}-bf16-mb1",
+                "adaln",
+                {"hidden": hidden, "dtype": "bf16", **SHORT_CHUNKS},
+                {"_ln_modulate_fwd": {}, "_ln_modulate_bwd": {}},
+            ),
+            _case(
+                "residual",
+                f"H{hidden}-bf16-bias-dropout-mb1",
+                "residual",
+                {"hidden": hidden, "bias": True, "dropout": True, "dtype": "bf16", **SHORT_CHUNKS},
+                {
+                    "_gated_residual_fwd": {"HAS_BIAS": True, "DROPOUT": True},
+                    "_gated_residual_bwd": {"HAS_BIAS": True, "DROPOUT": True},
+                },
+            ),
+            _case(
+                "gelu",
+                f"F{4 * hidden}-bf16-bias-mb1",
+                "gelu",
+                {"width": 4 * hidden, "bias": True, "dtype": "bf16", **SHORT_CHUNKS},
+                {"_bias_gelu_fwd": {"HAS_BIAS": True}, "_bias_gelu_bwd": {"HAS_BIAS": True}},
+            ),
+        ]
     return cases
 
 
@@ -319,30 +349,30 @@ def _leaf(torch, dtype, *shape):
     return torch.empty(*shape, dtype=_dtype(torch, dtype), requires_grad=True)
 
 
-def _run_adaln(torch, module, hidden, dtype):
-    x = _leaf(torch, dtype, SEQ, BATCH, hidden)
+def _run_adaln(torch, module, hidden, dtype, seq=SEQ, batch=BATCH):
+    x = _leaf(torch, dtype, seq, batch, hidden)
     weight = _leaf(torch, dtype, hidden)
     # shift and scale are column slices of the [b, 6H] adaLN projection, as in the model
-    modulation = _leaf(torch, dtype, BATCH, 6 * hidden)
+    modulation = _leaf(torch, dtype, batch, 6 * hidden)
     shift, scale = modulation[:, :hidden], modulation[:, hidden : 2 * hidden]
     y = module.layer_norm_modulate(x, weight, shift, scale, 1e-6)
     y.backward(torch.empty_like(y))
 
 
-def _run_residual(torch, module, hidden, bias, dropout, dtype):
+def _run_residual(torch, module, hidden, bias, dropout, dtype, seq=SEQ, batch=BATCH):
     def leaf(*shape):
         return _leaf(torch, dtype, *shape)
 
-    branch, residual = leaf(SEQ, BATCH, hidden), leaf(SEQ, BATCH, hidden)
-    gate = leaf(BATCH, 6 * hidden)[:, 2 * hidden : 3 * hidden]
+    branch, residual = leaf(seq, batch, hidden), leaf(seq, batch, hidden)
+    gate = leaf(batch, 6 * hidden)[:, 2 * hidden : 3 * hidden]
     out = module.gated_residual(
         branch, leaf(hidden) if bias else None, gate, residual, DROPOUT_P if dropout else 0.0
     )
     out.backward(torch.empty_like(out))
 
 
-def _run_gelu(torch, module, width, bias, dtype):
-    x = _leaf(torch, dtype, SEQ, BATCH, width)
+def _run_gelu(torch, module, width, bias, dtype, seq=SEQ, batch=BATCH):
+    x = _leaf(torch, dtype, seq, batch, width)
     y = module.bias_gelu(x, _leaf(torch, dtype, width) if bias else None)
     y.backward(torch.empty_like(y))
 
