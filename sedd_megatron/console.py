@@ -5,6 +5,13 @@ user (no TE, no Apex, deprecations); argparse prints its whole usage before an e
 is 700 lines). The entry points call :func:`quiet_third_party` first, so that an error is the one
 line ``<prog>: error: <message>`` on stderr. ``SEDD_SHOW_WARNINGS=1`` in the environment shows
 everything again. This module imports only the standard library.
+
+Once start-up is over, :func:`restore_third_party_logging` lets third-party WARNING records
+through again, but keeps their INFO/DEBUG records off the console: torch configures its own
+loggers when imported (``torch._logging``: level WARNING, its own stderr handler, ``TORCH_LOGS``),
+and Megatron sets the root logger to INFO, so a torch logger left at NOTSET would print every
+c10d, dynamo and inductor INFO record. Megatron's own INFO records (``INFO:megatron.core...``:
+datasets, DDP buckets, timers) are its progress and follow its ``--logging-level``.
 """
 
 from __future__ import annotations
@@ -52,11 +59,18 @@ def quiet_third_party() -> None:
 
 
 def restore_third_party_logging() -> None:
-    """Let third-party WARNING log records through again (after start-up, for training)."""
+    """Let third-party WARNING log records through again (after start-up, for training).
+
+    A logger still at the ERROR level :func:`quiet_third_party` gave it goes to WARNING
+    (``megatron`` to NOTSET: Megatron's root level decides); one configured since (torch's
+    loggers, set up by torch's import or ``TORCH_LOGS``) is left as it is.
+    """
     if show_warnings():
         return
     for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET)
+        logger = logging.getLogger(name)
+        if logger.level == logging.ERROR:
+            logger.setLevel(logging.NOTSET if name == "megatron" else logging.WARNING)
 
 
 def print_error(prog: str, message: str) -> None:

@@ -1,7 +1,10 @@
-"""sedd_megatron.console: one-line usage errors, quiet third-party warnings with a switch; and
-every entry point's --help (exit 0, its own options shown) through the real CLI."""
+"""sedd_megatron.console: one-line usage errors, quiet third-party warnings with a switch; every
+entry point's --help (exit 0, its own options shown) through the real CLI; and what a real
+pretrain_sedd.py run prints (Megatron's progress, no torch log records)."""
 
 import argparse
+import logging
+import re
 import subprocess
 import sys
 import warnings
@@ -11,6 +14,7 @@ import pytest
 
 from sedd_megatron import console
 from tests.launch import REPO_ROOT, worker_env
+from tests.training.conftest import TINY, pretrain
 
 
 def test_usage_error_is_one_line(capsys):
@@ -58,6 +62,63 @@ def test_quiet_hides_warnings_unless_asked(monkeypatch, switch):
         warnings.warn_explicit("ours", UserWarning, "s.py", 1, module="sedd_megatron.sampling")
     shown = sorted(str(w.message) for w in caught)
     assert shown == (["ours", "theirs"] if switch else [])
+
+
+@pytest.fixture
+def logger_levels():
+    """Put back the levels the test changes."""
+    names = ("", "torch._dynamo", *console._CHATTY_LOGGERS)
+    saved = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_after_start_up_third_party_info_stays_out(monkeypatch, logger_levels):
+    """Root at INFO (as Megatron sets it): third-party loggers pass WARNING, not INFO; Megatron's
+    INFO records pass; a level configured since quieting (TORCH_LOGS=+dynamo) is kept."""
+    monkeypatch.setenv(console.SHOW_WARNINGS, "")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    with warnings.catch_warnings():
+        console.quiet_third_party()
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("torch._dynamo").setLevel(logging.DEBUG)
+    console.restore_third_party_logging()
+    for name in ("torch", "torch.distributed.distributed_c10d", "torch._inductor.compile_fx",
+                 "torch.utils.cpp_extension", "triton", "transformer_engine"):  # fmt: skip
+        logger = logging.getLogger(name)
+        assert logger.isEnabledFor(logging.WARNING), name
+        assert not logger.isEnabledFor(logging.INFO), name
+    assert logging.getLogger("megatron.core.timers").isEnabledFor(logging.INFO)
+    assert logging.getLogger("torch._dynamo.eval_frame").isEnabledFor(logging.DEBUG)
+
+
+# a record of torch's own log handler (torch._logging), e.g.
+# "[rank1]:I1207 09:22:19.464000 4055 torch/_utils_internal.py:147] ..."
+TORCH_RECORD = re.compile(r"^(\[rank\d+\]:)?([DIWEC])\d{4} [\d:.]+ +\d+ \S+:\d+\] ")
+PYTHON_WARNING = re.compile(r"\b\w*Warning: ")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("nproc, switch", [(1, ""), (2, ""), (1, "1")])
+def test_training_console(nproc, switch):
+    """A real run prints Megatron's progress and ours, no torch log records and no warnings;
+    SEDD_SHOW_WARNINGS=1 shows the warnings again (torch's INFO records stay off: its default)."""
+    args = [*TINY, "--mock-data", "--micro-batch-size", str(4 // nproc), "--train-iters", "3",
+            "--lr-warmup-iters", "1", "--eval-interval", "3"]  # fmt: skip
+    env = {console.SHOW_WARNINGS: switch, "PYTHONWARNINGS": ""}
+    lines = pretrain(args, nproc=nproc, env=env).stdout.splitlines()
+    records = [line for line in lines if TORCH_RECORD.match(line)]
+    assert not [r for r in records if TORCH_RECORD.match(r)[2] in "DI"], "\n".join(records[:20])
+    shown = [line for line in lines if PYTHON_WARNING.search(line)]
+    iterations = [line for line in lines if re.search(r"\] iteration +\d+/ +3 \|", line)]
+    assert len(iterations) == 3, "\n".join(lines[-40:])
+    assert "> building train, validation, and test datasets ..." in lines
+    assert any(line.startswith("SEDD training summary: ") for line in lines)
+    if switch:
+        assert shown, "SEDD_SHOW_WARNINGS=1 showed no warning"
+    else:
+        assert records == [] and shown == [], "\n".join([*records, *shown][:20])
 
 
 ENTRY_POINTS = {  # script -> a string its --help must show (its own options)

@@ -28,14 +28,15 @@ def data_flags(corpus: dict) -> list[str]:
     ]  # fmt: skip
 
 
-def pretrain(args: list[str], nproc: int = 1, timeout: float = 300, check: bool = True):
-    """Run pretrain_sedd.py (python for one process, torchrun otherwise); returns the result."""
+def pretrain(args: list[str], nproc: int = 1, timeout: float = 300, check: bool = True, env=None):
+    """Run pretrain_sedd.py (python for one process, torchrun otherwise); returns the result.
+    ``env``: extra environment variables."""
     if nproc == 1:
         cmd = [sys.executable, PRETRAIN, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", PRETRAIN, *args]  # fmt: skip
-    return run_command(cmd, timeout, check=check)
+    return run_command(cmd, timeout, env=env, check=check)
 
 
 def read_metrics(path: Path) -> dict[int, dict]:
