@@ -118,7 +118,7 @@ def build(args, dtype, use_te: bool | None):
         use_cpu_initialization=args.cpu,
         fused_kernels=args.fused_kernels,
     )
-    spec = get_sedd_layer_spec(use_transformer_engine=False if use_te is False else None)
+    spec = get_sedd_layer_spec(use_transformer_engine=bool(use_te))
     model = SEDDModel(
         config,
         spec,

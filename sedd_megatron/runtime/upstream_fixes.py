@@ -280,6 +280,16 @@ def _inner_optimizers(optimizer):
             yield inner
 
 
+#: ``SEDD_FUSED_ADAM_ON_CPU=1`` switches CPU parameters to torch's fused Adam too: how the tests
+#: drive the optimizer path a CUDA run takes (torch has a fused CPU kernel) through pretrain.
+FUSED_ADAM_ON_CPU = "SEDD_FUSED_ADAM_ON_CPU"
+
+
+def fused_adam_device_types() -> tuple[str, ...]:
+    """The devices whose parameters get torch's fused Adam (``use_fused_adam``)."""
+    return ("cuda", "cpu") if os.environ.get(FUSED_ADAM_ON_CPU) == "1" else ("cuda",)
+
+
 def _fix_fused_adam() -> None:
     import megatron.core.optimizer as mcore_optim
 
@@ -292,7 +302,7 @@ def _fix_fused_adam() -> None:
         result = original(*args, **kwargs)
         if mcore_optim.USING_PYTORCH_OPTIMIZER:
             for inner in _inner_optimizers(result):
-                use_fused_adam(inner)
+                use_fused_adam(inner, fused_adam_device_types())
         return result
 
     setattr(build, _PATCHED_MARK, True)

@@ -43,22 +43,44 @@ REFERENCE_DEFAULTS = dict(
 )
 
 
-def accelerator_defaults() -> dict:
-    """Defaults that depend on the machine: TE layers, Apex's fused wgrad kernel, NCCL or gloo."""
+def transformer_engine_installed() -> bool:
     import importlib.util
 
-    have_te = importlib.util.find_spec("transformer_engine") is not None
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def accelerator_defaults() -> dict:
+    """Defaults that depend on the machine: Apex's fused wgrad kernel, NCCL or gloo.
+
+    The layers default to the local Megatron-Core spec even where Transformer Engine is
+    installed: the TE spec has not yet been checked on a GPU against the local one (layouts and
+    losses), so it is opt-in (``--transformer-impl transformer_engine``, which FP8 needs) and
+    :func:`transformer_engine_notice` says so at start-up. TE's fused rotary embedding follows
+    the TE spec (:func:`parse_args`)."""
+    import importlib.util
+
     have_wgrad = importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
     import torch
 
     return dict(
         distributed_backend="nccl" if torch.cuda.is_available() else "gloo",
-        transformer_impl="transformer_engine" if have_te else "local",
+        transformer_impl="local",
         gradient_accumulation_fusion=have_wgrad,
-        apply_rope_fusion=have_te,
+        apply_rope_fusion=False,
         masked_softmax_fusion=False,
         bias_gelu_fusion=False,
         bias_dropout_fusion=False,
+    )
+
+
+def transformer_engine_notice(args) -> str | None:
+    """The start-up line for a run that could use Transformer Engine but does not."""
+    if args.transformer_impl == "transformer_engine" or not transformer_engine_installed():
+        return None
+    return (
+        "Transformer Engine is installed but not used: --transformer-impl transformer_engine "
+        "turns its layers on (FP8 needs them); that path is not yet verified on a GPU against "
+        "the local spec"
     )
 
 
@@ -210,6 +232,16 @@ def training_setting_problems(args) -> list[str]:
                     f"{_flag(name)} ({value(name)}) must be divisible by "
                     f"--tensor-model-parallel-size ({tp})"
                 )
+    if value("distribute_saved_activations"):
+        needs = []
+        if value("recompute_granularity") != "full":
+            needs.append("--recompute-granularity full")
+        if tp is not None and tp < 2:
+            needs.append("--tensor-model-parallel-size >= 2 (it spreads them over TP)")
+        if value("sequence_parallel"):
+            needs.append("no --sequence-parallel")
+        if needs:
+            problems.append("--distribute-saved-activations needs " + " and ".join(needs))
     if value("save") and not value("save_interval"):
         problems.append("--save needs --save-interval (iterations between checkpoints)")
     return problems
@@ -386,6 +418,8 @@ def parse_args(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *expand_config_argv(argv)]
     args = margs.parse_args(extra_args_provider=add_sedd_args)
+    if args.transformer_impl == "transformer_engine" and "--no-rope-fusion" not in sys.argv:
+        args.apply_rope_fusion = True  # TE's fused rotary kernel goes with TE's layers
     if args.yaml_cfg is not None:
         raise ConfigError("use --config FILE.yaml (SEDD's flag files), not Megatron's --yaml-cfg")
     validate_sedd_args(args)

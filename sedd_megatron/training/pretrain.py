@@ -152,7 +152,10 @@ def run_training(script: str, argv, step_functions, after=None, extra_checks=Non
     from sedd_megatron.datasets.sedd_dataset import (  # lazy: megatron, after the CPU shim
         train_valid_test_datasets_provider,
     )
-    from sedd_megatron.training.arguments import parse_args  # lazy: torch after _START
+    from sedd_megatron.training.arguments import (  # lazy: torch after _START
+        parse_args,
+        transformer_engine_notice,
+    )
     from sedd_megatron.training.hooks import (  # lazy: imports megatron
         TRAINED,
         install_training_hooks,
@@ -168,6 +171,9 @@ def run_training(script: str, argv, step_functions, after=None, extra_checks=Non
     except (ConfigError, AssertionError, ValueError) as err:
         fail(script, str(err) or repr(err))
     restore_third_party_logging()  # start-up is over: Megatron's warnings matter from here
+    notice = transformer_engine_notice(args)
+    if notice and int(os.environ.get("RANK", "0")) == 0:
+        print(notice, flush=True)
     install_training_hooks()
     model_provider, forward_step = step_functions(args)
     try:

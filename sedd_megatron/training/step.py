@@ -28,6 +28,7 @@ from sedd_megatron.models.sedd import (
 )
 from sedd_megatron.models.sedd.context_parallel import split_for_context_parallel
 from sedd_megatron.models.sedd.ema import attach_ema
+from sedd_megatron.models.sedd.sedd_model import sync_conditioning
 from sedd_megatron.training.metrics import STEP_METRICS
 
 
@@ -92,9 +93,24 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
         vp_stage=vp_stage,
         pg_collection=pg_collection,
     )
+    _sync_conditioning(model, vp_stage)
     if args.ema_decay > 0:
         attach_ema(model, args.ema_decay)
     return model
+
+
+_FIRST_CHUNK: list = []  # this rank's virtual-stage-0 model, the copy source for later chunks
+
+
+def _sync_conditioning(model: SEDDModel, vp_stage) -> None:
+    """Every pipeline stage and virtual stage starts from the first stage's conditioning
+    weights (``sync_conditioning``). Megatron builds a rank's chunks in order, 0 first: chunk 0
+    takes the values from the first stage (collective), later chunks copy chunk 0's."""
+    if not vp_stage:
+        sync_conditioning(model)
+        _FIRST_CHUNK[:] = [model]
+    else:
+        sync_conditioning(model, source=_FIRST_CHUNK[0])
 
 
 class NoiseStream:

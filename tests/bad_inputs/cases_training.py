@@ -51,6 +51,11 @@ def ids_up_to(high: int):
 
 
 CASES = [
+    Case("pretrain: --distribute-saved-activations under sequence parallelism",
+         mock("--tensor-model-parallel-size", "2", "--sequence-parallel",
+              "--recompute-granularity", "full", "--recompute-method", "uniform",
+              "--distribute-saved-activations"),
+         r"--distribute-saved-activations needs no --sequence-parallel"),
     # learning-rate schedule
     Case("pretrain: --sedd-time-conditioning none on the uniform graph",
          mock("--sedd-graph", "uniform", "--sedd-time-conditioning", "none"),

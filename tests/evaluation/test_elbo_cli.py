@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from sedd_megatron.evaluation import EvalError, elbo_report, load_eval_data
+from tests.launch import run_torchrun
 
-from .conftest import load_tool
+from .conftest import REPO, load_tool
 
 
 class CharTokenizer:
@@ -179,3 +180,20 @@ def test_cli_bad_input(gpt2_model_dir, tmp_path, capsys):
         == 2
     )
     assert "must divide" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_cli_kernels_on_megatron_tp2_matches_the_torch_code(gpt2_model_dir, tmp_path):
+    """The path a CUDA run takes: the layer kernels and the fused score-entropy statistics under
+    Triton's interpreter, on SEDDModel at TP = 2, give the torch code's bound (fp32 rounding)."""
+    args = ["--load", str(gpt2_model_dir), "--data", "ptb-valid", "--blocks", "1",
+            "--num-t-samples", "2", "--batch-size", "2", "--backend", "megatron", "--tp", "2",
+            "--tail-samples", "0", "--no-progress"]  # fmt: skip
+    bounds = {}
+    for name, env in (("kernels", {"SEDD_TRITON_ON_CPU": "1"}), ("torch", None)):
+        out = tmp_path / f"{name}.json"
+        run_torchrun(REPO / "tools" / "eval_elbo_sedd.py", 2, [*args, "--output", str(out)],
+                     timeout=240, env=env)  # fmt: skip
+        bounds[name] = json.loads(out.read_text())["result"]["nats_per_token"]
+    assert bounds["kernels"] == pytest.approx(bounds["torch"], rel=1e-5)
+    assert bounds["kernels"] != bounds["torch"], "the kernels did not run (same rounding)"

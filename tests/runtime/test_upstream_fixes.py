@@ -145,10 +145,16 @@ def test_fused_adam_fix_wraps_megatron_optimizer_builder(monkeypatch):
     )
     monkeypatch.setattr(mcore_optim, "USING_PYTORCH_OPTIMIZER", True)
     seen = []
-    monkeypatch.setattr(upstream_fixes, "use_fused_adam", lambda opt: seen.append(opt))
+    monkeypatch.setattr(
+        upstream_fixes, "use_fused_adam", lambda opt, devices: seen.append((opt, devices))
+    )
     upstream_fixes.apply_upstream_fixes(["fused_adam"])
+    monkeypatch.delenv(upstream_fixes.FUSED_ADAM_ON_CPU, raising=False)
     result = mcore_optim._get_megatron_optimizer_based_on_param_groups()
-    assert isinstance(result, Wrapped) and seen == [Wrapped.optimizer]
+    assert isinstance(result, Wrapped) and seen == [(Wrapped.optimizer, ("cuda",))]
+    monkeypatch.setenv(upstream_fixes.FUSED_ADAM_ON_CPU, "1")  # how the tests drive it on CPU
+    mcore_optim._get_megatron_optimizer_based_on_param_groups()
+    assert seen[-1] == (Wrapped.optimizer, ("cuda", "cpu"))
 
 
 # ------------------------------------------------------------ (h) safe checkpoint reads

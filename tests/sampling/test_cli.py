@@ -182,3 +182,19 @@ def test_cli_data_parallel_megatron_matches_plain(tmp_path, capsys):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["tokens"] for r in records] == [r["tokens"] for r in plain]
     assert [r["sample_index"] for r in records] == [0, 1, 2]
+
+
+@pytest.mark.distributed
+def test_cli_kernels_on_megatron_tp2_matches_the_torch_code(tmp_path):
+    """The path a CUDA run takes: the layer kernels and the sampler's kernels (keyed uniforms,
+    score sums, the race) under Triton's interpreter, on SEDDModel at TP = 2, give the tokens
+    of the torch code."""
+    args = [str(MODEL), "--no-detokenize", "--num-samples", "2", "--steps", "4",
+            "--backend", "megatron", "--tp", "2", "--batch-size", "2", "--no-progress"]  # fmt: skip
+    records = {}
+    for name, env in (("kernels", {"SEDD_TRITON_ON_CPU": "1"}), ("torch", None)):
+        out = tmp_path / f"{name}.jsonl"
+        run_torchrun(TOOL, 2, [*args, "--output", str(out)], timeout=240, env=env)
+        records[name] = [json.loads(line)["tokens"] for line in out.read_text().splitlines()]
+    assert len(records["torch"]) == 2
+    assert records["kernels"] == records["torch"]

@@ -28,9 +28,16 @@ def data_flags(corpus: dict) -> list[str]:
     ]  # fmt: skip
 
 
-def pretrain(args: list[str], nproc: int = 1, timeout: float = 300, check: bool = True, env=None):
+def pretrain(
+    args: list[str],
+    nproc: int = 1,
+    timeout: float = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+):
     """Run pretrain_sedd.py (python for one process, torchrun otherwise); returns the result.
-    ``env``: extra environment variables."""
+
+    ``env``: extra environment variables (``SEDD_TRITON_ON_CPU=1`` for the fused kernels)."""
     if nproc == 1:
         cmd = [sys.executable, PRETRAIN, *args]
     else:

@@ -150,6 +150,20 @@ def test_good_training_settings_pass():
                                              "--tensor-model-parallel-size (8)"),  # fmt: skip
         (dict(ffn_hidden_size=130, tensor_model_parallel_size=4), "--ffn-hidden-size (130)"),
         (dict(save="ckpt"), "--save needs --save-interval"),
+        (
+            dict(distribute_saved_activations=True, recompute_granularity="full"),
+            "--distribute-saved-activations needs --tensor-model-parallel-size >= 2",
+        ),
+        (
+            dict(
+                distribute_saved_activations=True,
+                recompute_granularity="selective",
+                tensor_model_parallel_size=2,
+                sequence_parallel=True,
+            ),
+            "--distribute-saved-activations needs --recompute-granularity full and no "
+            "--sequence-parallel",
+        ),
     ],
 )
 def test_bad_training_settings(overrides, message):
@@ -162,3 +176,30 @@ def test_bad_training_settings(overrides, message):
 def test_divisibility_is_not_checked_on_sizes_already_refused():
     problems = training_setting_problems(SimpleNamespace(**{**MEGATRON, "num_attention_heads": 0}))
     assert problems == ["--num-attention-heads must be positive, got 0"]
+
+
+def test_local_spec_is_the_default_even_where_transformer_engine_is_installed(monkeypatch):
+    """The TE spec has never been checked against the local one on a GPU: it stays opt-in, and
+    a run that could use it says so in one line."""
+    from sedd_megatron.training import arguments
+
+    monkeypatch.setattr(arguments, "transformer_engine_installed", lambda: True)
+    defaults = arguments.accelerator_defaults()
+    assert defaults["transformer_impl"] == "local"
+    assert defaults["apply_rope_fusion"] is False
+    notice = arguments.transformer_engine_notice(SimpleNamespace(transformer_impl="local"))
+    assert "--transformer-impl transformer_engine" in notice and "not yet verified" in notice
+    chosen = SimpleNamespace(transformer_impl="transformer_engine")
+    assert arguments.transformer_engine_notice(chosen) is None
+    monkeypatch.setattr(arguments, "transformer_engine_installed", lambda: False)
+    assert arguments.transformer_engine_notice(SimpleNamespace(transformer_impl="local")) is None
+
+
+def test_layer_spec_defaults_to_local_modules():
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+    from sedd_megatron.models.sedd import get_sedd_layer_spec
+
+    attention = get_sedd_layer_spec().submodules.self_attention.submodules
+    assert attention.linear_qkv is ColumnParallelLinear
+    assert attention.linear_proj is RowParallelLinear

@@ -24,27 +24,6 @@ def test_loss_falls_on_real_text(corpus, tmp_path):
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "50"
 
 
-@pytest.mark.parametrize(
-    "layout",
-    [
-        ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
-        ["--pipeline-model-parallel-size", "2"],
-        ["--use-distributed-optimizer"],
-        ["--use-distributed-optimizer", "--bf16"],
-    ],
-    ids=["tp2-sp", "pp2", "dp2-distopt", "dp2-distopt-bf16"],
-)
-def test_two_process_layouts_train(corpus, tmp_path, layout):
-    metrics = tmp_path / "metrics.jsonl"
-    gbs = ["--global-batch-size", "8"] if "--use-distributed-optimizer" in layout else []
-    pretrain([*TINY, *data_flags(corpus), *layout, *gbs, "--train-iters", "4",
-              "--eval-interval", "4", "--sedd-metrics-file", str(metrics),
-              "--save", str(tmp_path / "ckpt"), "--save-interval", "4"], nproc=2)  # fmt: skip
-    steps = read_metrics(metrics)
-    assert sorted(steps) == [1, 2, 3, 4]
-    assert all(math.isfinite(s["loss"]) and s["grad_norm"] > 0 for s in steps.values())
-
-
 def test_layouts_agree_on_the_first_steps(corpus, tmp_path):
     """Same data, same noise draws: TP=2, PP=2 and CP=2 losses equal the single-process ones."""
     runs = {

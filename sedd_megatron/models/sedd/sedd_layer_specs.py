@@ -39,15 +39,13 @@ def build_biased_mlp(*, submodules: MLPSubmodules, config, **kwargs) -> SEDDMLP:
     return SEDDMLP.as_mlp_submodule(submodules=submodules, config=mlp_config, **kwargs)
 
 
-def get_sedd_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpec:
+def get_sedd_layer_spec(use_transformer_engine: bool = False) -> ModuleSpec:
     """ModuleSpec of one SEDD (DDiT) transformer layer.
 
     Args:
-        use_transformer_engine: True for TE layers, False for local Megatron-Core layers,
-            None to use TE exactly when it imports.
+        use_transformer_engine: True for TE layers, False (the default) for local Megatron-Core
+            layers. The TE spec is opt-in until a GPU run has checked it against the local one.
     """
-    if use_transformer_engine is None:
-        use_transformer_engine = HAVE_TE
     if use_transformer_engine:
         if not HAVE_TE:
             raise RuntimeError("the Transformer Engine layer spec needs transformer_engine")

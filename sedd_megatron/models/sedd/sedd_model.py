@@ -303,6 +303,44 @@ class SEDDModel(LanguageModule):
         return sharded
 
 
+def conditioning_parameters(model: "SEDDModel") -> list[torch.Tensor]:
+    """The parameters of the noise-level conditioning (``sigma_map`` or ``cond_map``), which
+    every pipeline stage and virtual stage holds a copy of."""
+    for name in ("sigma_map", "cond_map"):
+        module = getattr(model, name, None)
+        if module is not None:
+            return list(module.parameters())
+    return []
+
+
+@torch.no_grad()
+def sync_conditioning(model: "SEDDModel", source: "SEDDModel | None" = None) -> None:
+    """Give every copy of the conditioning the same initial values.
+
+    Each pipeline stage initialises its copy from its own generator (Megatron seeds each stage
+    differently), and gradients are summed across the copies, so copies that start apart stay
+    apart: later stages would condition on another embedding than the first, and a checkpoint,
+    which keeps one copy, would resume a different model. With ``source`` (another chunk of this
+    rank, already synced), the values are copied from it; otherwise they are broadcast from the
+    first pipeline stage (a collective over the pipeline group). Call it on a freshly built model,
+    before any training step.
+    """
+    params = conditioning_parameters(model)
+    if source is not None:
+        for param, value in zip(params, conditioning_parameters(source), strict=True):
+            param.copy_(value)
+        return
+    group = model.pp_group
+    if group.size() == 1:
+        return
+    on_gpu = torch.distributed.get_backend(group) == "nccl"
+    device = torch.device(torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    for param in params:
+        buffer = param.detach().to(device)  # NCCL needs the values on the GPU
+        torch.distributed.broadcast(buffer, group=group, group_src=0)
+        param.copy_(buffer)
+
+
 def padded_vocab_size(vocab_rows: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
     """Megatron's vocabulary padding: round up to a multiple of divisible_by * TP."""
     multiple = divisible_by * tensor_parallel_size
