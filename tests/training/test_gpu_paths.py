@@ -77,9 +77,12 @@ CASES = {
 
 
 def _train(tmp_path, name: str, flags: list[str], nproc: int, env=None, extra=()) -> dict:
+    """Per-step metrics of one pretrain_sedd.py run; checks its fused-kernel status line."""
     metrics = tmp_path / f"{name}.jsonl"
-    pretrain([*BASE, *flags, *extra, "--sedd-metrics-file", str(metrics)], nproc=nproc,
-             env=env, timeout=420)  # fmt: skip
+    out = pretrain([*BASE, *flags, *extra, "--sedd-metrics-file", str(metrics)], nproc=nproc,
+                   env=env, timeout=420)  # fmt: skip
+    status = "SEDD fused kernels (Triton's CPU interpreter" if env else "SEDD fused kernels: none"
+    assert status in out.stdout, f"{name}: no {status!r} line"
     return read_metrics(metrics)
 
 
