@@ -188,7 +188,7 @@ def fused_kernel_status(
     ``torch.cuda.is_available()``) describe the machine. Without CUDA the kernels run only on
     Triton's CPU interpreter when asked (``SEDD_TRITON_ON_CPU=1`` and ``TRITON_INTERPRET=1``).
     """
-    from .adaln import MAX_FUSED_HIDDEN  # adaln imports this module
+    from .adaln import MAX_FUSED_HIDDEN  # lazy: adaln imports this module
 
     have_triton = HAVE_TRITON if have_triton is None else have_triton
     cuda = torch.cuda.is_available() if cuda is None else cuda

@@ -20,6 +20,7 @@ import torch
 
 from sedd_megatron.datasets.sedd_dataset import get_batch_tokens
 from sedd_megatron.diffusion import get_graph, get_noise, sample_t
+from sedd_megatron.kernels.dispatch import fused_kernel_status_of
 from sedd_megatron.models.sedd import (
     SEDDModel,
     SEDDTransformerConfig,
@@ -66,8 +67,6 @@ def report_fused_kernels(config) -> None:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return
-    from sedd_megatron.kernels.dispatch import fused_kernel_status_of
-
     print(fused_kernel_status_of(config), flush=True)
 
 
