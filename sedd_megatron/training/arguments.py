@@ -247,6 +247,20 @@ def training_setting_problems(args) -> list[str]:
     return problems
 
 
+def default_eval_interval(args) -> None:
+    """Without ``--eval-interval`` there is no evaluation during training, as Megatron documents
+    (``--eval-iters`` batches are evaluated once, after the last iteration); Megatron itself
+    then fails sizing the validation data (``train_iters // None``). The interval becomes
+    ``--train-iters`` + 1, which says exactly that."""
+    train_iters = getattr(args, "train_iters", None)
+    if (
+        getattr(args, "eval_interval", 0) is None
+        and isinstance(train_iters, int)
+        and train_iters > 0
+    ):
+        args.eval_interval = train_iters + 1
+
+
 def validate_sedd_args(args) -> None:
     """Fill derived SEDD defaults and reject flags that contradict the SEDD architecture."""
     graph = graph_class(args.sedd_graph)  # argparse's choices have checked the name
@@ -254,6 +268,7 @@ def validate_sedd_args(args) -> None:
         args.sedd_noise = graph.default_noise
     if args.sedd_scale_by_sigma is None:
         args.sedd_scale_by_sigma = graph.sigma_scaling
+    default_eval_interval(args)
     problems = training_setting_problems(args)
     if args.sedd_scale_by_sigma and not graph.sigma_scaling:
         problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")

@@ -203,3 +203,16 @@ def test_layer_spec_defaults_to_local_modules():
     attention = get_sedd_layer_spec().submodules.self_attention.submodules
     assert attention.linear_qkv is ColumnParallelLinear
     assert attention.linear_proj is RowParallelLinear
+
+
+def test_no_eval_interval_means_one_evaluation_after_training():
+    """Megatron's eval_interval=None ("no evaluation during training") made its validation
+    sizing fail (``train_iters // None``): it becomes train_iters + 1; a given one stays."""
+    args = _args(train_iters=2, lr_warmup_iters=1, eval_interval=None, eval_iters=1)
+    validate_sedd_args(args)
+    assert args.eval_interval == 3
+    assert args.train_iters // args.eval_interval + 1 == 1  # Megatron's evaluation count
+    assert not any(it % args.eval_interval == 0 for it in range(1, args.train_iters + 1))
+    given = _args(train_iters=2, lr_warmup_iters=1, eval_interval=5, eval_iters=1)
+    validate_sedd_args(given)
+    assert given.eval_interval == 5
