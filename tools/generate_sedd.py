@@ -149,6 +149,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+#: The one line ``--reuse-scores on`` prints for a sigma-conditioned model.
+APPROXIMATE_REUSE = (
+    "generate_sedd.py: note: --reuse-scores on with a sigma-conditioned model: reused scores are "
+    "an approximation (exact only for time-independent models, --sedd-time-conditioning none)"
+)
+
+
 def _prompts(args) -> list[Prompt]:
     given = args.prefix is not None or args.suffix is not None or args.template is not None
     if args.prompts and given:
@@ -215,6 +222,8 @@ def main(argv=None) -> int:
                 stats=stats,
             )
             rank0 = not dist.is_initialized() or dist.get_rank() == 0
+            if rank0 and reuse and not getattr(model, "time_independent", False):
+                print(APPROXIMATE_REUSE, file=sys.stderr, flush=True)
             writer = RecordWriter(args.output) if rank0 else None
             with writer or contextlib.nullcontext():
                 for records in rounds:  # every rank: each round gathers the replicas' samples

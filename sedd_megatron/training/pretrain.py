@@ -20,7 +20,17 @@ def check_data_paths(args, vocab_size: int | None = None) -> None:
     """Every data prefix must have its .bin and .idx (a clear error instead of a deep trace),
     and, given ``vocab_size`` (the tokenizer's), token ids below it: checked on each node's
     local rank 0 before Megatron builds (and caches) anything."""
+    given = [
+        _flag(name)
+        for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path")
+        if getattr(args, name, None)
+    ]
     if getattr(args, "mock_data", False):
+        if given:
+            raise ConfigError(
+                f"--mock-data cannot be combined with {' / '.join(given)}: give one data source "
+                "(Megatron's mock data, or the indexed dataset)"
+            )
         return
     prefixes = []
     for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
@@ -56,6 +66,10 @@ def check_load_paths(args) -> None:
         directory = getattr(args, name, None)
         if directory:
             safety.check_load_dir(directory, step if name == "load" else None)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _is_number(value: str) -> bool:
