@@ -6,7 +6,11 @@
 All of Megatron's flags apply (see ``--help``), plus the SEDD group (``--sedd-*``, ``--ema-decay``).
 """
 
-from sedd_megatron.training.pretrain import main
+from sedd_megatron.console import exit_on_interrupt
+
+exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
+
+from sedd_megatron.training.pretrain import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from sedd_megatron.console import quiet_third_party
+from sedd_megatron.console import exit_on_interrupt, quiet_third_party
 
+exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
 
 from sedd_megatron import runtime

@@ -17,8 +17,10 @@ datasets, DDP buckets, timers) are its progress and follow its ``--logging-level
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import signal
 import sys
 import warnings
 from typing import NoReturn
@@ -71,6 +73,45 @@ def restore_third_party_logging() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.ERROR:
             logger.setLevel(logging.NOTSET if name == "megatron" else logging.WARNING)
+
+
+#: The exit status of a run stopped by Ctrl-C (SIGINT), as a shell reports one: 128 + 2.
+INTERRUPTED = 130
+
+
+def exit_on_interrupt(prog: str | None = None) -> None:
+    """Ctrl-C at any point of an entry point -- while torch imports, while Megatron starts, in
+    the middle of the work -- ends it with the one line ``<prog>: interrupted`` on stderr and
+    exit status 130, instead of a KeyboardInterrupt traceback.
+
+    Entry points call it first (before any heavy import). It replaces ``sys.excepthook`` for
+    KeyboardInterrupt only: code that handles Ctrl-C itself (generate_sedd.py keeps its
+    finished samples) still does; ``finally`` blocks and context managers (temporary files)
+    have run when the hook is reached, and the hook runs the ``atexit`` handlers before it
+    exits. A second Ctrl-C meanwhile exits at once."""
+    previous = sys.excepthook
+    if getattr(previous, "_sedd_interrupt_hook", False):
+        return
+    name = prog or os.path.basename(sys.argv[0] or "python")
+
+    def hook(kind, value, traceback):
+        if not issubclass(kind, KeyboardInterrupt):
+            previous(kind, value, traceback)
+            return
+        signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED))
+        try:
+            print(f"{name}: interrupted", file=sys.stderr, flush=True)
+            atexit._run_exitfuncs()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+            os._exit(INTERRUPTED)
+
+    hook._sedd_interrupt_hook = True
+    sys.excepthook = hook
 
 
 def print_error(prog: str, message: str) -> None:

@@ -167,3 +167,91 @@ def test_warnings_switch_shows_import_warnings():
         lines[switch] = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines[""]) == 1 and "unrecognized arguments: --no-such-flag" in lines[""][0]
     assert len(lines["1"]) > 1 and lines["1"][-1] == lines[""][0]
+
+
+# ------------------------------------------------------------------------------- Ctrl-C
+MOCK_PRETRAIN = [*TINY, "--mock-data", "--train-iters", "50", "--eval-iters", "0"]
+#: Every entry point that imports torch, with arguments that get it that far ({tmp}: a fresh
+#: directory for outputs, {in}: one holding s.jsonl); build_corpus.py without downloads never
+#: imports torch.
+INTERRUPTIBLE = {
+    "pretrain_sedd.py": MOCK_PRETRAIN,
+    "tools/generate_sedd.py": ["tests/data/conformance/tiny_absorb", "--steps", "2"],
+    "tools/eval_elbo_sedd.py": ["--load", "tests/data/conformance/tiny_absorb", "--data",
+                                "README.md", "--output", "{tmp}/elbo.json"],
+    "tools/eval_gen_ppl.py": ["--samples", "{in}/s.jsonl", "--output", "{tmp}/ppl.json"],
+    "tools/convert_checkpoint.py": ["export", "--load", "x", "--out", "{tmp}/out"],
+    "tools/preprocess_data.py": ["--input", "README.md", "--output-prefix", "{tmp}/tokens"],
+    "examples/quickstart.py": ["--help"],
+    "benchmarks/pretrain_ar_baseline.py": MOCK_PRETRAIN,
+}  # fmt: skip
+
+
+def _torch_is_loading(pid: int) -> bool:
+    """Whether the process has begun loading torch's shared libraries (Linux)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any("libtorch" in line or "torch/_C" in line for line in maps)
+    except OSError:
+        return False
+
+
+def _interrupt(script: str, args: list[str], when: str, tmp=None) -> tuple[int, list[str]]:
+    """Start ``script``; send SIGINT while torch imports ("start-up") or once it has printed
+    its first line of output ("later"); returns (exit status, non-blank stderr lines)."""
+    import signal
+    import time
+
+    if tmp is not None:
+        args = [a.replace("{tmp}", str(tmp / "out")).replace("{in}", str(tmp / "in")) for a in args]
+    proc = subprocess.Popen(
+        [sys.executable, script, *args],
+        cwd=REPO_ROOT,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        if when == "start-up":
+            while not _torch_is_loading(proc.pid):
+                assert proc.poll() is None, f"{script} ended before torch loaded"
+                assert time.monotonic() < deadline, f"{script}: torch never loaded"
+                time.sleep(0.005)
+        else:
+            assert proc.stdout.readline(), f"{script} printed nothing"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, [line for line in err.splitlines() if line.strip()]
+
+
+def test_ctrl_c_at_start_up_is_one_line_and_status_130(tmp_path):
+    """SIGINT while torch imports, for every entry point: exit status 130 and the one line
+    '<script>: interrupted' (it was a KeyboardInterrupt traceback); nothing written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in" / "s.jsonl").write_text('{"text": "a b c", "settings": {"steps": 8}}\n')
+    with ThreadPoolExecutor(3) as pool:
+        runs = {
+            s: pool.submit(_interrupt, s, a, "start-up", tmp_path) for s, a in INTERRUPTIBLE.items()
+        }
+        results = {s: f.result() for s, f in runs.items()}
+    assert not list((tmp_path / "out").iterdir())
+    wrong = {
+        script: got
+        for script, got in results.items()
+        if got != (130, [f"{script.rsplit('/', 1)[-1]}: interrupted"])
+    }
+    assert not wrong, wrong
+
+
+def test_ctrl_c_while_training_is_one_line_and_status_130():
+    """SIGINT once pretrain_sedd.py has started Megatron (its first output line)."""
+    status, lines = _interrupt("pretrain_sedd.py", MOCK_PRETRAIN, "later")
+    assert (status, lines) == (130, ["pretrain_sedd.py: interrupted"])

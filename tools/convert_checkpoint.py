@@ -26,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sedd_megatron.console import ArgumentParser, quiet_third_party  # noqa: E402
+from sedd_megatron.console import ArgumentParser, exit_on_interrupt, quiet_third_party  # noqa: E402
 
+exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
 
 from sedd_megatron import runtime  # noqa: E402

@@ -17,8 +17,9 @@ import json
 import os
 import sys
 
-from sedd_megatron.console import ArgumentParser, quiet_third_party
+from sedd_megatron.console import ArgumentParser, exit_on_interrupt, quiet_third_party
 
+exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
 
 from sedd_megatron.atomic import atomic_open

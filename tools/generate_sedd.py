@@ -21,8 +21,9 @@ import argparse
 import contextlib
 import sys
 
-from sedd_megatron.console import ArgumentParser, quiet_third_party
+from sedd_megatron.console import ArgumentParser, exit_on_interrupt, quiet_third_party
 
+exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
 
 import torch.distributed as dist
@@ -149,6 +150,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+#: The one line ``--reuse-scores on`` prints for a sigma-conditioned model.
+APPROXIMATE_REUSE = (
+    "generate_sedd.py: note: --reuse-scores on with a sigma-conditioned model: reused scores are "
+    "an approximation (exact only for time-independent models, --sedd-time-conditioning none)"
+)
+
+
 def _prompts(args) -> list[Prompt]:
     given = args.prefix is not None or args.suffix is not None or args.template is not None
     if args.prompts and given:
@@ -215,6 +223,8 @@ def main(argv=None) -> int:
                 stats=stats,
             )
             rank0 = not dist.is_initialized() or dist.get_rank() == 0
+            if rank0 and reuse and not getattr(model, "time_independent", False):
+                print(APPROXIMATE_REUSE, file=sys.stderr, flush=True)
             writer = RecordWriter(args.output) if rank0 else None
             with writer or contextlib.nullcontext():
                 for records in rounds:  # every rank: each round gathers the replicas' samples

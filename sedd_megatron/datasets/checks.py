@@ -87,3 +87,33 @@ def check_output_dir(path, name: str, error=DataError) -> None:
         raise error(f"{name}: cannot create {path}: {ancestor} is not a directory")
     if not _writable_dir(ancestor):
         raise error(f"{name}: cannot create {path}: no permission to write in {ancestor}")
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(size: float) -> str:
+    """``size`` bytes as B, KB, MB, GB, TB or PB (powers of 1000), three significant digits."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000:
+            return f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} PB"
+
+
+def check_memory(name: str, value: int, bytes_each: int, what: str, error=DataError) -> None:
+    """``value`` (the setting ``name``) of ``what``, each holding at least ``bytes_each``
+    bytes at once, must fit in this machine's physical memory: one clear error instead of an
+    allocation traceback (or a machine driven into swap) much later."""
+    total = physical_memory()
+    needed = value * bytes_each
+    if total is not None and needed > total:
+        raise error(
+            f"{name} {value} would need at least {format_bytes(needed)} of memory ({what}: "
+            f"{format_bytes(bytes_each)} each), more than this machine's {format_bytes(total)}"
+        )

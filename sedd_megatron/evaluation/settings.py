@@ -16,7 +16,7 @@ import math
 import os
 import re
 
-from sedd_megatron.datasets.checks import check_int
+from sedd_megatron.datasets.checks import check_int, check_memory
 from sedd_megatron.datasets.indexed import (
     check_token_ids,
     indexed_files,
@@ -34,6 +34,9 @@ DEFAULT_REPLICATES = (10, 8, 5, 4, 2)
 #: The [0, t_eps] term's model evaluations per block, as a fraction of the main term's, when
 #: none is given (at least MIN_REPLICATES).
 TAIL_FRACTION = 0.02
+#: Bytes a model evaluation's draw holds besides its perturbed sequence (a lower bound: five
+#: float64 numbers), for the memory check of check_elbo_settings.
+DRAW_BYTES = 40
 
 
 def default_replicates(num_t_samples: int) -> int:
@@ -140,6 +143,13 @@ def check_elbo_settings(
             f"{_flag(names, 'level')} (the confidence level) must be in (0, 1), e.g. 0.95; "
             f"got {level}"
         )
+    # one block's evaluations are drawn at once: each holds its perturbed sequence (int64 per
+    # token) and a few float64 numbers (t, weight, sigma, dsigma, loss)
+    each = DRAW_BYTES + 8 * (seq_length or 1)
+    what = "one block's draws, held at once"
+    check_memory(_flag(names, "num_t_samples"), num_t_samples, each, what, EvalError)
+    if tail_samples:
+        check_memory(_flag(names, "tail_samples"), tail_samples, each, what, EvalError)
 
 
 def check_eval_data(data, *, json_key: str = "text", detokenizer: str = "auto") -> None:

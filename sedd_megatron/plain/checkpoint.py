@@ -6,8 +6,6 @@ as ``model.safetensors`` and/or ``pytorch_model.bin``. Pickles are only read wit
 holding NaN or Inf are refused (:func:`check_finite`).
 """
 
-import pickle
-import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from sedd_megatron.atomic import atomic_directory
 from sedd_megatron.errors import CheckpointError
+from sedd_megatron.safe_load import weights_only_failure
 
 from .config import SEDDConfig
 from .layout import ROTARY_INV_FREQ, check_state_dict, rotary_inv_freq
@@ -40,17 +39,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if unsafe is None:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from err
+    except Exception as err:  # corrupt zip/pickle data raises several kinds of error
+        refused, detail = weights_only_failure(err, path)
+        if refused:
+            raise CheckpointError(
+                f"refusing to load {path}: {detail} (only weights_only loading is allowed; "
+                "re-save the file as a plain dict of tensors)"
+            ) from None
         raise CheckpointError(
-            f"refusing to load {path}: it needs the Python global {unsafe.group(1)}, which only "
-            "full unpickling can build, and full unpickling can run arbitrary code (only "
-            "weights_only loading is allowed; re-save the file as a plain dict of tensors)"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {detail})"
+        ) from None
     if not isinstance(state_dict, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):

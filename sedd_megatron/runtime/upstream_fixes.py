@@ -48,19 +48,19 @@ Help text:
     :func:`escape_help_percents` (called on the parser by ``add_sedd_args``, not in
     :data:`FIXES`: it acts on one parser) escapes them.
 
-Loading checkpoints without running code from them (``sedd_megatron.checkpoint.safety``):
+Loading checkpoints without running code from them (``sedd_megatron.safe_load``):
 
 (h) ``safe_checkpoint_reads``. torch's ``FileSystemReader.read_metadata`` unpickles a
     torch_dist ``.metadata`` file with plain ``pickle.load``, and ``DefaultLoadPlanner.load_bytes``
     (Megatron's common state, RNG state, extra state in the ``.distcp`` shards) calls
     ``torch.load(weights_only=False)``: a crafted checkpoint directory runs arbitrary code in
     ``pretrain_sedd.py --load`` and in every tool. ``read_metadata`` now uses the restricted
-    unpickler of ``safety`` (torch_dist metadata classes only; anything else is a CheckpointError
+    unpickler of ``safe_load`` (torch_dist metadata classes only; anything else is a CheckpointError
     naming the file and the refused global) and ``load_bytes`` loads ``weights_only=True``.
     Megatron's ``common.pt`` loader and its ``_load_base_checkpoint`` (the legacy
-    ``--ckpt-format torch`` files) run with weights-only loading forced (``safety.
+    ``--ckpt-format torch`` files) run with weights-only loading forced (``safe_load.
     weights_only_loads``, which also overrides ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``).
-    ``_load_base_checkpoint`` first runs ``safety.check_load_dir`` (tracker, iteration directory,
+    ``_load_base_checkpoint`` first runs ``safe_load.check_load_dir`` (tracker, iteration directory,
     metadata, shards present and long enough), and Megatron's ways of giving up with exit status
     0 -- ``sys.exit()`` after "Invalid metadata file" (a corrupt or empty tracker) or after
     "could not load the checkpoint" -- become a CheckpointError (non-zero exit).
@@ -71,12 +71,14 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import pickle
 import re
 import subprocess
 from collections.abc import Iterable
 
 import torch
+
+from sedd_megatron import safe_load
+from sedd_megatron.errors import CheckpointError
 
 _PATCHED_MARK = "_sedd_upstream_fix"
 
@@ -314,9 +316,7 @@ def _safe_read_metadata(self, *args, **kwargs):
     """``FileSystemReader.read_metadata`` with the restricted unpickler (fix (h))."""
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
-
-    metadata = safety.read_metadata(self.path, rank=kwargs.get("rank"))
+    metadata = safe_load.read_metadata(self.path, rank=kwargs.get("rank"))
     if getattr(metadata, "storage_meta", None) is None:
         metadata.storage_meta = StorageMeta()
     metadata.storage_meta.load_id = self.load_id
@@ -327,18 +327,15 @@ def _weights_only_load_bytes(self, read_item, value):
     """``DefaultLoadPlanner.load_bytes`` with ``torch.load(weights_only=True)`` (fix (h))."""
     from torch.distributed.checkpoint._traverse import set_element
 
-    from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
-    from sedd_megatron.errors import CheckpointError  # lazy: keeps this module light
-
     fqn = read_item.dest_index.fqn
     try:
         loaded = torch.load(value, weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = safety.weights_only_reason(err)
-        raise CheckpointError(f"refusing to load the checkpoint item {fqn}: {reason}") from None
     except Exception as err:  # corrupt bytes raise several kinds of error
+        refused, detail = safe_load.weights_only_failure(err, value)
+        if refused:
+            raise CheckpointError(f"refusing to load the checkpoint item {fqn}: {detail}") from None
         raise CheckpointError(
-            f"the checkpoint item {fqn} is unreadable (corrupt: {safety.one_line(err)})"
+            f"the checkpoint item {fqn} is unreadable (corrupt: {detail})"
         ) from None
     if self.flatten_state_dict:
         set_element(self.original_state_dict, self.mappings[fqn], loaded)
@@ -349,9 +346,8 @@ def _weights_only_load_bytes(self, read_item, value):
 def _forcing_weights_only(original):
     @functools.wraps(original)
     def wrapper(*args, **kwargs):
-        from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
 
-        with safety.weights_only_loads():
+        with safe_load.weights_only_loads():
             return original(*args, **kwargs)
 
     setattr(wrapper, _PATCHED_MARK, True)
@@ -361,9 +357,8 @@ def _forcing_weights_only(original):
 def _strict_tracker_reader(original):
     @functools.wraps(original)
     def read_metadata(tracker_filename):
-        from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
 
-        safety.parse_tracker(tracker_filename)  # CheckpointError instead of sys.exit() (rc 0)
+        safe_load.parse_tracker(tracker_filename)  # CheckpointError instead of sys.exit() (rc 0)
         return original(tracker_filename)
 
     setattr(read_metadata, _PATCHED_MARK, True)
@@ -373,14 +368,11 @@ def _strict_tracker_reader(original):
 def _checked_base_loader(original):
     @functools.wraps(original)
     def load_base_checkpoint(load_dir, args, *rest, **kwargs):
-        from sedd_megatron.checkpoint import safety  # lazy: the checkpoint package imports runtime
-        from sedd_megatron.errors import CheckpointError  # lazy: keeps this module light
-
         folder = None
         if load_dir is not None and getattr(args, "non_persistent_ckpt_type", None) is None:
-            folder = safety.check_load_dir(load_dir, getattr(args, "ckpt_step", None) or None)
+            folder = safe_load.check_load_dir(load_dir, getattr(args, "ckpt_step", None) or None)
         try:
-            with safety.weights_only_loads():
+            with safe_load.weights_only_loads():
                 return original(load_dir, args, *rest, **kwargs)
         except SystemExit as exit_:
             if exit_.code not in (None, 0) or folder is None:

@@ -13,9 +13,7 @@ from pathlib import Path
 import yaml
 
 from sedd_megatron.console import one_line_errors
-from sedd_megatron.diffusion import GRAPHS, graph_class
 from sedd_megatron.errors import ConfigError
-from sedd_megatron.runtime.upstream_fixes import escape_help_percents
 
 GPT2_VOCAB_SIZE = 50257  # the reference's vocabulary (GPT-2 BPE; EOS = 50256, the last id)
 
@@ -86,6 +84,9 @@ def transformer_engine_notice(args) -> str | None:
 
 def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Megatron ``extra_args_provider``: the SEDD argument group plus reference defaults."""
+    from sedd_megatron.diffusion import GRAPHS  # lazy: torch; check_argv runs before it loads
+    from sedd_megatron.runtime.upstream_fixes import escape_help_percents  # lazy: torch, as above
+
     group = parser.add_argument_group(title="SEDD (score entropy discrete diffusion)")
     group.add_argument(
         "--sedd-graph",
@@ -247,13 +248,81 @@ def training_setting_problems(args) -> list[str]:
     return problems
 
 
+def default_eval_interval(args) -> None:
+    """Without ``--eval-interval`` there is no evaluation during training, as Megatron documents
+    (``--eval-iters`` batches are evaluated once, after the last iteration); Megatron itself
+    then fails sizing the validation data (``train_iters // None``). The interval becomes
+    ``--train-iters`` + 1, which says exactly that."""
+    train_iters = getattr(args, "train_iters", None)
+    if (
+        getattr(args, "eval_interval", 0) is None
+        and isinstance(train_iters, int)
+        and train_iters > 0
+    ):
+        args.eval_interval = train_iters + 1
+
+
+#: The flags :func:`check_argv` reads from the command line (dest -> type; None: a switch),
+#: exactly as Megatron's parser reads them (no abbreviations there either).
+_ARGV_FLAGS = {
+    **{name: int for name in _POSITIVE},
+    "lr": float, "min_lr": float, "lr_warmup_init": float, "weight_decay": float,
+    "clip_grad": float, "lr_warmup_fraction": float, "hidden_dropout": float,
+    "attention_dropout": float, "lr_warmup_iters": int, "lr_warmup_samples": int,
+    "eval_iters": int, "tensor_model_parallel_size": int, "recompute_granularity": str,
+    "save": str, "distribute_saved_activations": None, "sequence_parallel": None,
+}  # fmt: skip
+
+
+def argv_settings(argv: list[str]) -> argparse.Namespace:
+    """The settings of :func:`training_setting_problems` that ``argv`` (``--config`` expanded)
+    gives explicitly, read without Megatron's parser (so before torch and Megatron load); a
+    value that does not convert is left out (Megatron's parser reports it later)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for dest, kind in _ARGV_FLAGS.items():
+        if kind is None:
+            parser.add_argument(_flag(dest), dest=dest, action="store_const", const=True)
+        else:
+            parser.add_argument(_flag(dest), dest=dest)
+    parser.add_argument("--mock-data", dest="mock_data", action="store_const", const=True)
+    for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+        parser.add_argument(_flag(name), dest=name, nargs="*")
+    try:
+        settings, _ = parser.parse_known_args(argv)
+    except SystemExit:  # e.g. a flag without its value: Megatron's parser says so later
+        return argparse.Namespace()
+    for dest, kind in _ARGV_FLAGS.items():
+        value = getattr(settings, dest)
+        if kind is not None and value is not None:
+            try:
+                setattr(settings, dest, kind(value))
+            except ValueError:
+                setattr(settings, dest, None)
+    return settings
+
+
+def check_argv(argv: list[str]) -> argparse.Namespace:
+    """The checks of :func:`training_setting_problems` on the settings the command line gives
+    (:func:`argv_settings`), before torch and Megatron's parser load (~10 s): one ConfigError.
+    Settings left to their defaults are checked after parsing, as before. Returns the settings
+    read."""
+    settings = argv_settings(expand_config_argv(argv))
+    problems = training_setting_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
+
+
 def validate_sedd_args(args) -> None:
     """Fill derived SEDD defaults and reject flags that contradict the SEDD architecture."""
+    from sedd_megatron.diffusion import graph_class  # lazy: torch; check_argv runs before it
+
     graph = graph_class(args.sedd_graph)  # argparse's choices have checked the name
     if args.sedd_noise is None:
         args.sedd_noise = graph.default_noise
     if args.sedd_scale_by_sigma is None:
         args.sedd_scale_by_sigma = graph.sigma_scaling
+    default_eval_interval(args)
     problems = training_setting_problems(args)
     if args.sedd_scale_by_sigma and not graph.sigma_scaling:
         problems.append("--sedd-scale-by-sigma is only defined for --sedd-graph absorb")

@@ -7,27 +7,35 @@ On a machine without CUDA it runs on CPU over gloo (sedd_megatron.runtime; devel
 
 import json
 import os
+import sys
 import time
 
 from sedd_megatron.atomic import atomic_open
 from sedd_megatron.console import fail, quiet_third_party, restore_third_party_logging
 from sedd_megatron.errors import ConfigError, SEDDError
+from sedd_megatron.training.arguments import check_argv
 
 _START = time.time()
 
 
-def check_data_paths(args, vocab_size: int | None = None) -> None:
-    """Every data prefix must have its .bin and .idx (a clear error instead of a deep trace),
-    and, given ``vocab_size`` (the tokenizer's), token ids below it: checked on each node's
-    local rank 0 before Megatron builds (and caches) anything."""
+_DATA_FLAGS = ("data_path", "train_data_path", "valid_data_path", "test_data_path")
+
+
+def check_data_sources(args) -> list[str]:
+    """One data source (``--mock-data`` or data paths, not both), and every data prefix given
+    has its .bin and .idx; returns the prefixes. Needs only the command line."""
+    given = [_flag(name) for name in _DATA_FLAGS if getattr(args, name, None)]
     if getattr(args, "mock_data", False):
-        return
+        if given:
+            raise ConfigError(
+                f"--mock-data cannot be combined with {' / '.join(given)}: give one data source "
+                "(Megatron's mock data, or the indexed dataset)"
+            )
+        return []
     prefixes = []
-    for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+    for name in _DATA_FLAGS:
         value = getattr(args, name, None) or []
         prefixes += [v for v in value if not _is_number(v)]
-    if not prefixes and not getattr(args, "data_args_path", None):
-        raise ConfigError("no training data: give --data-path (or --mock-data)")
     for prefix in prefixes:
         missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
         if missing:
@@ -35,6 +43,18 @@ def check_data_paths(args, vocab_size: int | None = None) -> None:
                 f"data prefix {prefix!r}: {' and '.join(prefix + e for e in missing)} not found "
                 "(build it with tools/preprocess_data.py)"
             )
+    return prefixes
+
+
+def check_data_paths(args, vocab_size: int | None = None) -> None:
+    """:func:`check_data_sources`, some training data, and, given ``vocab_size`` (the
+    tokenizer's), token ids below it: checked on each node's local rank 0 before Megatron
+    builds (and caches) anything."""
+    prefixes = check_data_sources(args)
+    if getattr(args, "mock_data", False):
+        return
+    if not prefixes and not getattr(args, "data_args_path", None):
+        raise ConfigError("no training data: give --data-path (or --mock-data)")
     if vocab_size is not None and os.environ.get("LOCAL_RANK", "0") == "0":
         from sedd_megatron.datasets.sedd_dataset import check_token_ids  # lazy: imports megatron
 
@@ -56,6 +76,10 @@ def check_load_paths(args) -> None:
         directory = getattr(args, name, None)
         if directory:
             safety.check_load_dir(directory, step if name == "load" else None)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _is_number(value: str) -> bool:
@@ -122,6 +146,10 @@ def run_training(script: str, argv, step_functions, after=None, extra_checks=Non
     ``script``. Returns the summary.
     """
     quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
+    try:  # what the command line alone settles, before torch and Megatron load (~10 s)
+        check_data_sources(check_argv(sys.argv[1:] if argv is None else argv))
+    except ConfigError as err:
+        fail(script, str(err))
     import torch
 
     from sedd_megatron.runtime.distributed import single_process_env  # lazy: torch after _START

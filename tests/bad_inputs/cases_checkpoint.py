@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pathlib
 import pickle
+import random
 import shutil
 from pathlib import Path
 
@@ -192,6 +193,32 @@ def legacy_corrupt(tmp: Path, fixtures: dict[str, Path]) -> None:
     legacy_checkpoint(tmp, b"PK\x03\x04 this is no checkpoint" * 10)
 
 
+def random_bytes(size: int = 4096, seed: int = 22) -> bytes:
+    """Seeded random bytes behind a pickle protocol-2 header (torch reads them as a legacy
+    pickle, and its weights-only unpickler refuses the first unknown opcode)."""
+    return b"\x80\x02" + random.Random(seed).randbytes(size)
+
+
+def legacy_random(tmp: Path, fixtures: dict[str, Path]) -> None:
+    legacy_checkpoint(tmp, random_bytes())
+
+
+def plain_with_bin(content: bytes | None):
+    """The plain fixture at ``tmp/plain`` with ``content`` as its only weights file,
+    pytorch_model.bin (None: a state dict whose unpickling creates PWNED)."""
+
+    def setup(tmp: Path, fixtures: dict[str, Path]) -> None:
+        shutil.copytree(fixtures["plain"], tmp / "plain")
+        (tmp / "plain" / "model.safetensors").unlink()
+        path = tmp / "plain" / "pytorch_model.bin"
+        if content is None:
+            torch.save({"vocab_embed.embedding": torch.zeros(2), "x": Touch(tmp / PWNED)}, path)
+        else:
+            path.write_bytes(content)
+
+    return setup
+
+
 # ---------------------------------------------------------------------------------- cases
 GENERATE = ("tools/generate_sedd.py", "{tmp}/ckpt", "--no-detokenize", "--num-samples", "1",
             "--steps", "2", "--no-progress")  # fmt: skip
@@ -253,6 +280,12 @@ CASES = [
         r"model_optim_rng\.pt is not a readable PyTorch checkpoint",
         setup=legacy_corrupt,
     ),
+    Case(
+        "pretrain --load: legacy torch checkpoint of random bytes",
+        (*PRETRAIN, "--ckpt-format", "torch"),
+        r"model_optim_rng\.pt is not a readable PyTorch checkpoint \(truncated or corrupt: ",
+        setup=legacy_random,
+    ),
     # generate_sedd.py
     Case("generate: .metadata runs code", GENERATE, REFUSED, setup=evil_metadata),
     Case("generate: common state runs code", GENERATE, REFUSED_COMMON, setup=evil_common_state),
@@ -263,6 +296,18 @@ CASES = [
         GENERATE[:1] + ("{tmp}/plain",) + GENERATE[2:],
         r"model\.safetensors: the weight blocks\.1\.mlp\.0\.bias holds NaN or Inf",
         setup=poison_plain,
+    ),
+    Case(
+        "generate: pytorch_model.bin runs code",
+        GENERATE[:1] + ("{tmp}/plain",) + GENERATE[2:],
+        r"refusing to load .*pytorch_model\.bin: it needs the Python global (getattr|pathlib)",
+        setup=plain_with_bin(None),
+    ),
+    Case(
+        "generate: pytorch_model.bin of random bytes",
+        GENERATE[:1] + ("{tmp}/plain",) + GENERATE[2:],
+        r"pytorch_model\.bin is not a readable PyTorch checkpoint \(truncated or corrupt: ",
+        setup=plain_with_bin(random_bytes()),
     ),
     # convert_checkpoint.py export
     Case(

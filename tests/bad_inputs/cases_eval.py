@@ -71,6 +71,8 @@ CASES = [
     Case("elbo: --tail-samples 1", elbo("--tail-samples", "1"),
          r"--tail-samples must be 0 \(off\) or >= 2, got 1: the confidence interval of the "
          r"\[0, t_eps\] term needs 2 independent replicates"),
+    Case("elbo: --tail-samples beyond memory", elbo("--tail-samples", "1000000000000"),
+         r"--tail-samples 1000000000000 would need at least [\d.]+ TB of memory"),
     Case("elbo: --tail-samples -1", elbo("--tail-samples=-1"),
          r"--tail-samples must be non-negative, got -1"),
     Case("elbo: --tail-samples with --compare", elbo("--compare", "mc,importance",

@@ -27,6 +27,8 @@ CASES = [
          r"--eps: eps must lie strictly between 0 and 1"),
     Case("generate: --eps nan", plain("--eps", "nan"), r"--eps: eps must lie strictly between"),
     Case("generate: --steps 0", plain("--steps", "0"), r"--steps: steps must be positive, got 0"),
+    Case("generate: --steps beyond memory", plain("--steps", "1000000000000"),
+         r"--steps: steps 1000000000000 would need at least [\d.]+ TB of memory"),
     Case("generate: --steps not a number", plain("--steps", "many"),
          r"--steps: expected an integer, got 'many'"),
     Case("generate: --predictor unknown", plain("--predictor", "heun"),

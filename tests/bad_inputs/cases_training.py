@@ -93,6 +93,11 @@ CASES = [
     # data
     Case("pretrain: data prefix missing", on_data("--data-path", "{tmp}/nothing"),
          r"nothing\.bin and .*nothing\.idx not found \(build it with tools/preprocess_data\.py\)"),
+    Case("pretrain: --mock-data with --data-path", mock("--data-path", "{data}"),
+         r"--mock-data cannot be combined with --data-path: give one data source"),
+    Case("pretrain: --data-path whose .idx is missing", on_data("--data-path", "{tmp}/half"),
+         r"half\.idx not found \(build it with tools/preprocess_data\.py\)",
+         setup=write("half.bin", b"\x00" * 64)),
     # NullTokenizer --vocab-size 1000: ids 0..999 (999 is its end-of-document id)
     Case("pretrain: token ids beyond the vocabulary",
          on_data("--data-path", "0.5", "{data}", "0.5", "{tmp}/big", "--split", "98,1,1"),

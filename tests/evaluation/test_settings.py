@@ -236,3 +236,18 @@ def test_tools_reject_bad_settings_before_importing_torch(tmp_path):
             [sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True
         )
         assert done.stdout.split() == ["False", "2"], done.stdout + done.stderr
+
+
+def test_sample_counts_that_cannot_fit_in_memory_are_one_error(monkeypatch):
+    """A block's draws are held at once: more than the machine's memory is refused up front
+    (it was an allocation traceback), naming the flag and the memory."""
+    from sedd_megatron.datasets import checks
+    from sedd_megatron.evaluation.settings import check_elbo_settings
+
+    monkeypatch.setattr(checks, "physical_memory", lambda: 10**9)
+    names = {"tail_samples": "--tail-samples", "num_t_samples": "--num-t-samples"}
+    with pytest.raises(EvalError, match=r"--tail-samples 100000000 would need at least 4\.8 GB"):
+        check_elbo_settings(num_t_samples=10, tail_samples=10**8, seq_length=1, names=names)
+    with pytest.raises(EvalError, match=r"--num-t-samples 1000000 would need at least 8\.23 GB"):
+        check_elbo_settings(num_t_samples=10**6, seq_length=1024, names=names)
+    check_elbo_settings(num_t_samples=10**5, tail_samples=10**5, seq_length=1024, names=names)

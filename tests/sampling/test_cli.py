@@ -198,3 +198,19 @@ def test_cli_kernels_on_megatron_tp2_matches_the_torch_code(tmp_path):
         records[name] = [json.loads(line)["tokens"] for line in out.read_text().splitlines()]
     assert len(records["torch"]) == 2
     assert records["kernels"] == records["torch"]
+
+
+def test_forced_reuse_on_a_sigma_conditioned_model_says_it_approximates(capsys):
+    """tiny_absorb is sigma-conditioned: --reuse-scores on is an approximation, said in one
+    line; auto (off there) says nothing."""
+    args = ("--steps", "4", "--no-detokenize", "--no-progress")
+    assert cli_main(*args, "--reuse-scores", "on") == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "approximation" in line]
+    assert notes == [
+        "generate_sedd.py: note: --reuse-scores on with a sigma-conditioned model: reused scores "
+        "are an approximation (exact only for time-independent models, --sedd-time-conditioning "
+        "none)"
+    ]
+    assert cli_main(*args) == 0
+    assert "approximation" not in capsys.readouterr().err

@@ -230,3 +230,24 @@ def test_record_writer_and_write_jsonl_to_stdout(capsys, tmp_path):
     assert _read(tmp_path / "all.jsonl") == RECORDS
     with pytest.raises(ConfigError, match="does not exist"):
         write_jsonl(RECORDS, tmp_path / "no" / "all.jsonl")
+
+
+def test_steps_that_cannot_fit_in_memory_are_one_error(monkeypatch):
+    """STEP_BYTES is a true lower bound (measured), and a schedule larger than the machine's
+    memory is refused before anything is allocated."""
+    import tracemalloc
+
+    from sedd_megatron.datasets import checks
+    from sedd_megatron.diffusion.noise import LogLinearNoise
+    from sedd_megatron.sampling.options import STEP_BYTES
+    from sedd_megatron.sampling.weights import schedule
+
+    tracemalloc.start()
+    steps = schedule(LogLinearNoise(), 20000, "analytic")
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert held / len(steps) >= STEP_BYTES
+    monkeypatch.setattr(checks, "physical_memory", lambda: 10**9)
+    with pytest.raises(ConfigError, match=r"steps 10000000 would need at least 2 GB of memory"):
+        SamplingOptions(steps=10**7)
+    assert SamplingOptions(steps=10**6).steps == 10**6

@@ -203,3 +203,40 @@ def test_layer_spec_defaults_to_local_modules():
     attention = get_sedd_layer_spec().submodules.self_attention.submodules
     assert attention.linear_qkv is ColumnParallelLinear
     assert attention.linear_proj is RowParallelLinear
+
+
+def test_no_eval_interval_means_one_evaluation_after_training():
+    """Megatron's eval_interval=None ("no evaluation during training") made its validation
+    sizing fail (``train_iters // None``): it becomes train_iters + 1; a given one stays."""
+    args = _args(train_iters=2, lr_warmup_iters=1, eval_interval=None, eval_iters=1)
+    validate_sedd_args(args)
+    assert args.eval_interval == 3
+    assert args.train_iters // args.eval_interval + 1 == 1  # Megatron's evaluation count
+    assert not any(it % args.eval_interval == 0 for it in range(1, args.train_iters + 1))
+    given = _args(train_iters=2, lr_warmup_iters=1, eval_interval=5, eval_iters=1)
+    validate_sedd_args(given)
+    assert given.eval_interval == 5
+
+
+def test_command_line_checks_need_no_megatron(tmp_path):
+    """check_argv reads the settings the command line (and --config) gives, without Megatron's
+    parser: the same problems as after parsing, and nothing for settings left out."""
+    import subprocess
+    import sys
+
+    from sedd_megatron.training.arguments import check_argv
+
+    config = tmp_path / "c.yaml"
+    config.write_text("num-attention-heads: 5\n")
+    with pytest.raises(ConfigError, match=r"--hidden-size \(64\) must be divisible by --num-"):
+        check_argv(["--hidden-size", "64", "--config", str(config), "--unknown", "3"])
+    with pytest.raises(ConfigError, match=r"^--lr must not be negative, got -1\.0$"):
+        check_argv(["--lr=-1", "--hidden-size", "64"])
+    with pytest.raises(ConfigError, match="--save needs --save-interval"):
+        check_argv(["--save", "ckpt"])
+    settings = check_argv(["--lr", "x", "--lr-warmup", "-3", "--tensor-model-parallel-size"])
+    assert settings == argparse.Namespace()  # a value missing: left to Megatron's parser
+    assert check_argv(["--lr", "x", "--lr-warmup", "-3"]).lr is None  # no abbreviations
+    code = "import sys, sedd_megatron.training.pretrain; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # pretrain_sedd.py checks argv before torch loads
