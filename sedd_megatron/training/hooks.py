@@ -18,7 +18,11 @@ atomic:
   are complete (after a barrier, or in the finalize step of an ``--async-save``), so the
   manifest covers the whole iteration directory.
 
-Both wrappers call the original function unchanged; nothing else in Megatron is altered.
+- ``OptimizerParamScheduler._check_and_set``: a learning-rate schedule that differs from the
+  checkpoint's is a ConfigError naming Megatron's two flags that resolve it (Megatron asserts,
+  with a traceback).
+
+The wrappers call the original functions unchanged; nothing else in Megatron is altered.
 """
 
 import contextlib
@@ -31,6 +35,7 @@ import torch
 
 from sedd_megatron.atomic import atomic_write_text
 from sedd_megatron.checksums import write_manifest
+from sedd_megatron.errors import ConfigError
 from sedd_megatron.models.sedd.ema import find_ema
 from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl, truncate_jsonl
 
@@ -138,6 +143,7 @@ def install_training_hooks() -> None:
     from megatron.training import training as mt
 
     mc.maybe_msc = _AtomicTrackerStorage(mc.maybe_msc)
+    _wrap_scheduler_check()
 
     original_setup = mt.setup_model_and_optimizer
     original_evaluate = mt.evaluate
@@ -180,6 +186,23 @@ def install_training_hooks() -> None:
     mt.evaluate = evaluate
     mt.evaluate_and_print_results = evaluate_and_print_results
     _INSTALLED["done"] = True
+
+
+def _wrap_scheduler_check() -> None:
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from sedd_megatron.training.resume import scheduler_mismatch_message
+
+    original = OptimizerParamScheduler._check_and_set
+
+    @functools.wraps(original)
+    def _check_and_set(self, cls_value, sd_value, name):
+        try:
+            return original(self, cls_value, sd_value, name)
+        except AssertionError:
+            raise ConfigError(scheduler_mismatch_message(name, cls_value, sd_value)) from None
+
+    OptimizerParamScheduler._check_and_set = _check_and_set
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ def check_load_paths(args) -> None:
     code, missing or truncated shards and unreadable legacy files are one CheckpointError here,
     before Megatron (which exits 0 or dies with a traceback on them) reads anything."""
     from sedd_megatron.checkpoint import safety  # lazy: torch, after the start-up timestamp
+    from sedd_megatron.training.resume import check_resume_args  # lazy: as above
 
     if getattr(args, "non_persistent_ckpt_type", None) is not None:
         return  # Megatron may load a non-persistent checkpoint instead; it is checked then
@@ -62,6 +63,8 @@ def check_load_paths(args) -> None:
             if folder is not None and getattr(args, "verify_checksums", True):
                 checksums.verify_directory(folder)  # first: a corrupt file named as such
             safety.check_load_dir(directory, iteration)
+            if name == "load":
+                check_resume_args(args, folder)
 
 
 def load_folder(load_dir: str, iteration: int | None = None) -> str | None:
