@@ -192,12 +192,12 @@ def main(argv=None) -> int:
         )
         check_output(args.output)
         source_kind(args.source)  # a missing or wrong model directory
-        if not args.no_verify_checksums:
-            verify_checksums(args.source, args.iteration)  # before anything reads the files
         prompts = _prompts(args)
         tokenizer = None if args.no_detokenize else tokenizer_from_args(args)
         check_prompts(prompts, tokenizer.encode if tokenizer else ids_encoder, args.seq_length)
         backend = resolve_backend(args.source, args.backend)
+        if not args.no_verify_checksums:
+            verify_checksums(args.source, args.iteration)  # before anything reads the files
         check_tool_layout(args.source, args.tp, args.pp, backend, iteration=args.iteration)
         world = runtime.world(args.tp, args.pp, seed=args.seed) if backend == "megatron" else None
         with world or contextlib.nullcontext():

@@ -71,6 +71,8 @@ def open_model(
             source, seq_length, device=device, verify=verify_checksums
         )
     locate.source_kind(source)  # a clear error for a directory that is no checkpoint at all
+    if verify_checksums:
+        locate.verify_checksums(source, iteration)  # before the world is needed
     require_world(what=f"opening {source} with the Megatron backend")
     model, info = load_sedd_model(
         source,
