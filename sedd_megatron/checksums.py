@@ -125,11 +125,12 @@ def _check_entry(root: Path, entry: dict) -> str | None:
     return None
 
 
-def verify_directory(directory: str | os.PathLike, *, note: bool = True) -> bool:
+def verify_directory(directory: str | os.PathLike, *, note: bool = True, stream=None) -> bool:
     """Check every file ``directory``'s manifest lists (size, then SHA-256).
 
     Returns True when all match (checked once per process and manifest), False when there is
-    no manifest (with ``note``, one line on stderr says so, once per directory and process).
+    no manifest (with ``note``, one line on ``stream`` -- default stderr -- says so, once per
+    directory and process).
     Raises CheckpointError naming the first differing or missing file. Files the manifest does
     not list are not checked.
     """
@@ -142,7 +143,7 @@ def verify_directory(directory: str | os.PathLike, *, note: bool = True) -> bool
             print(
                 f"note: {root} has no {MANIFEST_NAME} (saved before checksums or by another "
                 "tool): its content is not verified",
-                file=sys.stderr,
+                file=stream or sys.stderr,
                 flush=True,
             )
         return False

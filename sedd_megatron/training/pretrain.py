@@ -7,6 +7,7 @@ On a machine without CUDA it runs on CPU over gloo (sedd_megatron.runtime; devel
 
 import json
 import os
+import sys
 import time
 
 from sedd_megatron import checksums
@@ -61,7 +62,8 @@ def check_load_paths(args) -> None:
             iteration = step if name == "load" else None
             folder = load_folder(directory, iteration)
             if folder is not None and getattr(args, "verify_checksums", True):
-                checksums.verify_directory(folder)  # first: a corrupt file named as such
+                # first, so that a corrupt file is named as such; a note goes to Megatron's log
+                checksums.verify_directory(folder, stream=sys.stdout)
             safety.check_load_dir(directory, iteration)
             if name == "load":
                 check_resume_args(args, folder)

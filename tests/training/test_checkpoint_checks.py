@@ -4,11 +4,13 @@ a resume that legitimately changes the schedule goes through with Megatron's ove
 
 import json
 import shutil
+import sys
 
 import pytest
 
 from sedd_megatron import checksums
 from sedd_megatron.errors import CheckpointError
+from tests.launch import REPO_ROOT, run_command
 from tests.test_checksums import flip_bit
 from tests.training.conftest import pretrain
 
@@ -56,3 +58,34 @@ def test_resume_with_more_iterations_and_the_override_flag(saved, tmp_path):
     done = pretrain([*FLAGS, "--train-iters", "3", "--load", str(copy), *override])
     steps = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
     assert steps == [3], done.stdout[-2000:]  # resumed at 2, one more step
+
+
+def _tool(script: str, *args: str, check: bool = False):
+    return run_command([sys.executable, str(REPO_ROOT / "tools" / script), *args], 240, check=check)
+
+
+def test_verify_command_good_and_without_manifest(saved, tmp_path):
+    done = _tool("convert_checkpoint.py", "verify", str(saved), check=True)
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"ok: 3 files of {saved}/iter_0000002 match their checksums"
+    )
+    copy = shutil.copytree(saved, tmp_path / "ckpt")
+    (copy / "iter_0000002" / checksums.MANIFEST_NAME).unlink()
+    done = _tool("convert_checkpoint.py", "verify", str(copy))
+    assert done.returncode == 1
+    assert "iter_0000002: no sedd_checksums.json" in done.stdout.strip().splitlines()[-1]
+
+
+def test_generate_skips_the_check_on_request_and_notes_a_missing_manifest(saved, tmp_path):
+    copy = shutil.copytree(saved, tmp_path / "ckpt")
+    flip_bit(copy / "iter_0000002" / "__0_0.distcp")
+    args = [str(copy), "--no-detokenize", "--num-samples", "1", "--steps", "2", "--no-progress"]
+    done = _tool("generate_sedd.py", *args, "--no-verify-checksums", check=True)
+    assert '"tokens"' in done.stdout and "checksum" not in done.stdout
+    (copy / "iter_0000002" / checksums.MANIFEST_NAME).unlink()
+    done = _tool("generate_sedd.py", *args, check=True)
+    notes = [line for line in done.stdout.splitlines() if "sedd_checksums.json" in line]
+    assert notes == [
+        f"note: {copy}/iter_0000002 has no sedd_checksums.json (saved before checksums or by "
+        "another tool): its content is not verified"
+    ]
