@@ -38,6 +38,7 @@ from sedd_megatron.checksums import write_manifest
 from sedd_megatron.errors import ConfigError
 from sedd_megatron.models.sedd.ema import find_ema
 from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl, truncate_jsonl
+from sedd_megatron.training.resume import scheduler_mismatch_message
 
 _INSTALLED = {"done": False}
 #: What this process saw: per-step training records and validation losses (nats/token).
@@ -190,8 +191,6 @@ def install_training_hooks() -> None:
 
 def _wrap_scheduler_check() -> None:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    from sedd_megatron.training.resume import scheduler_mismatch_message
 
     original = OptimizerParamScheduler._check_and_set
 
