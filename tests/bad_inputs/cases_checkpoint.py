@@ -137,7 +137,8 @@ def poison_weight(tmp: Path, fixtures: dict[str, Path], key: str = "sigma_map.ml
 
 
 def poison_plain(tmp: Path, fixtures: dict[str, Path], key: str = "blocks.1.mlp.0.bias"):
-    """A copy of the plain fixture at ``tmp/plain`` whose ``key`` holds a NaN."""
+    """A copy of the plain fixture at ``tmp/plain`` whose ``key`` holds a NaN (saved with its
+    checksum manifest: the file is what was saved, the weights are bad)."""
     from safetensors.torch import load_file, save_file
 
     target = tmp / "plain"
@@ -147,6 +148,7 @@ def poison_plain(tmp: Path, fixtures: dict[str, Path], key: str = "blocks.1.mlp.
     weights[key] = weights[key].clone()
     weights[key].view(-1)[3] = float("nan")
     save_file(weights, target / "model.safetensors")
+    checksums.write_manifest(target)
 
 
 def truncate_shard(tmp: Path, fixtures: dict[str, Path]) -> None:
