@@ -2,11 +2,11 @@
 named, the manifest-less note printed once; save_pretrained / load_pretrained / open_model
 (plain) through them."""
 
-import hashlib
 import json
 import shutil
 
 import pytest
+import xxhash
 
 from sedd_megatron import checksums
 from sedd_megatron.errors import CheckpointError
@@ -30,7 +30,7 @@ def folder(tmp_path):
     return root
 
 
-def test_manifest_lists_every_file_with_size_and_sha256(folder):
+def test_manifest_lists_every_file_with_size_and_hash(folder):
     path = checksums.write_manifest(folder)
     manifest = json.loads(path.read_text())
     entries = {e["path"]: e for e in manifest["files"]}
@@ -38,7 +38,7 @@ def test_manifest_lists_every_file_with_size_and_sha256(folder):
     for name, entry in entries.items():
         data = (folder / name).read_bytes()
         assert entry["size"] == len(data)
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()  # the independent truth
+        assert entry["xxh3_128"] == xxhash.xxh3_128(data).hexdigest()  # the independent truth
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # written atomically
     assert checksums.verify_directory(folder) is True
 
@@ -78,7 +78,7 @@ def test_save_pretrained_writes_a_manifest_and_load_checks_it(tmp_path, capsys):
     model = SEDD.from_pretrained(CONFORMANCE_DIR / "tiny_absorb")  # published: no manifest
     assert "has no sedd_checksums.json" in capsys.readouterr().err
     out = model.save_pretrained(tmp_path / "saved")
-    listed = {e["path"] for e in checksums.read_manifest(out)}
+    listed = {e["path"] for e in checksums.read_manifest(out)[1]}
     assert listed == {"config.json", "model.safetensors"}
     flip_bit(out / "model.safetensors", (out / "model.safetensors").stat().st_size - 3)
     with pytest.raises(CheckpointError, match=r"saved/model\.safetensors: checksum mismatch"):
@@ -92,13 +92,29 @@ def test_verified_once_per_process_and_manifest(folder, monkeypatch):
     checksums.write_manifest(folder)
     assert checksums.verify_directory(folder)
     calls = []
-    monkeypatch.setattr(checksums, "file_digest", lambda p: calls.append(p) or "0")
+    monkeypatch.setattr(checksums, "file_digest", lambda p, a: calls.append(p) or "0")
     assert checksums.verify_directory(folder)  # cached: not hashed again
     assert calls == []
     monkeypatch.undo()
     shutil.copy(folder / ".metadata", folder / "extra")
     checksums.write_manifest(folder)  # a new manifest is checked again
-    monkeypatch.setattr(checksums, "file_digest", lambda p: calls.append(p) or "0")
+    monkeypatch.setattr(checksums, "file_digest", lambda p, a: calls.append(p) or "0")
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         checksums.verify_directory(folder)
     assert calls
+
+
+def test_a_sha256_manifest_is_verified_too(folder):
+    import hashlib
+
+    files = [
+        {"path": n, "size": (folder / n).stat().st_size,
+         "sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()}
+        for n in checksums.checkpoint_files(folder)
+    ]  # fmt: skip
+    manifest = {"format": checksums.FORMAT, "algorithm": "sha256", "files": files}
+    (folder / checksums.MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert checksums.verify_directory(folder)
+    flip_bit(folder / ".metadata", 1)
+    with pytest.raises(CheckpointError, match=r"\.metadata: checksum mismatch"):
+        checksums.verify_directory(folder)

@@ -173,7 +173,7 @@ def run_verify(args) -> tuple[str, int]:
     files, without = 0, []
     for folder in folders:
         if verify_directory(folder, note=False):
-            files += len(read_manifest(folder))
+            files += len(read_manifest(folder)[1])
         else:
             without.append(str(folder))
     if without:
