@@ -10,6 +10,7 @@ RUNTIME = [
     "pyyaml",
     "sentencepiece",
     "safetensors",
+    "xxhash",  # checkpoint checksum manifests (XXH3-128, sedd_megatron/checksums.py)
     "tqdm",
     "tensorboard",
     "regex",  # GPT-2 BPE pre-tokenization pattern

@@ -23,6 +23,8 @@ import numpy
 import pytest
 
 import tests.bad_inputs as table
+from sedd_megatron import checksums
+from tests.bad_inputs.cases_training import BASE as TRAINING_BASE
 from tests.conftest import CONFORMANCE_DIR
 from tests.launch import REPO_ROOT, run_command
 
@@ -67,6 +69,15 @@ def fixtures(tmp_path_factory) -> dict[str, Path]:
          "--plain", str(CONFORMANCE_DIR / "tiny_absorb"), "--out", str(megatron)],
         timeout=240,
     )  # fmt: skip
+    plain = shutil.copytree(CONFORMANCE_DIR / "tiny_absorb", root / "plain")
+    checksums.write_manifest(plain)  # as save_pretrained / export write it
+    trained = root / "trained"
+    run_command(
+        [sys.executable, str(REPO_ROOT / "pretrain_sedd.py"), *TRAINING_BASE, "--mock-data",
+         "--train-iters", "2", "--eval-interval", "2", "--save", str(trained),
+         "--save-interval", "2"],
+        timeout=240,
+    )  # fmt: skip
     (root / "data").mkdir()
     _write_data(root / "data" / "tokens")
     text = root / "text.txt"
@@ -75,8 +86,9 @@ def fixtures(tmp_path_factory) -> dict[str, Path]:
         + "\nA second paragraph, with other words in it, ends the file.\n"
     )
     return {
-        "plain": CONFORMANCE_DIR / "tiny_absorb",
+        "plain": plain,
         "megatron": megatron,
+        "trained": trained,
         "data": root / "data" / "tokens",
         "text": text,
     }

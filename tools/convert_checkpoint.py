@@ -3,6 +3,7 @@
     python tools/convert_checkpoint.py export --load CKPT [--iteration N] [--raw] \
         [--pytorch-bin] --out DIR [--verify]
     python tools/convert_checkpoint.py import --plain DIR --out CKPT [--tp T --pp P] [--verify]
+    python tools/convert_checkpoint.py verify DIR [--iteration N]
 
 export writes config.json + model.safetensors (EMA weights unless --raw) from the latest (or the
 given) iteration, gathering any TP/PP split. import writes a Megatron release checkpoint split
@@ -15,11 +16,18 @@ middle stages get equal shares and the first and last stages the rest, as evenly
 allows (ties: fewer blocks on the end stages, the extra one first), e.g. 3 blocks at P=2 -> 2+1.
 --verify compares log-scores of source and result on random inputs (fails above 1e-5).
 --out must be a new path (not inside the source; missing parents are created at the end).
+Both read the source's checksum manifest (sedd_checksums.json) first and give the result its
+own; --no-verify-checksums skips the check.
+verify checks a checkpoint's files against their manifest on its own: a plain directory, or
+every iteration of a pretrain_sedd.py checkpoint (--iteration N: that one). Exit 0 and one line
+when all match; exit 2 naming the first differing file; exit 1 (one line on stdout) when a
+directory has no manifest (saved before checksums existed, or by another tool).
 Errors print one line and exit with status 2; the output directory is then left absent.
 """
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +42,12 @@ quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 
 from sedd_megatron import runtime  # noqa: E402
 from sedd_megatron.checkpoint import (  # noqa: E402
     export_checkpoint,
+    find_iteration,
     import_checkpoint,
+    is_plain_dir,
     read_plain_checkpoint,
+    source_kind,
+    verify_checksums,
 )
 from sedd_megatron.checkpoint.parallel import (  # noqa: E402
     SPLIT_RULE,
@@ -43,7 +55,13 @@ from sedd_megatron.checkpoint.parallel import (  # noqa: E402
     read_plain_config,
 )
 from sedd_megatron.checkpoint.world import new_output_dir  # noqa: E402
+from sedd_megatron.checksums import MANIFEST_NAME, read_manifest, verify_directory  # noqa: E402
 from sedd_megatron.errors import CheckpointError, ConfigError  # noqa: E402
+
+ITERATION = re.compile(r"^(iter_\d{7}|release)$")
+
+
+NO_VERIFY_HELP = "skip checking the source's files against their checksum manifest"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     export.add_argument("--pytorch-bin", action="store_true", help="also write pytorch_model.bin")
     export.add_argument("--out", required=True, help="new output directory")
     export.add_argument("--verify", action="store_true", help="compare log-scores after writing")
+    export.add_argument("--no-verify-checksums", action="store_true", help=NO_VERIFY_HELP)
     imp = commands.add_parser(
         "import",
         help="published layout -> pretrain_sedd.py checkpoint",
@@ -72,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "blocks: 3 blocks at --pp 2 -> 2+1; see import --help)",
     )
     imp.add_argument("--verify", action="store_true", help="compare log-scores after writing")
+    imp.add_argument("--no-verify-checksums", action="store_true", help=NO_VERIFY_HELP)
+    check = commands.add_parser(
+        "verify", help="check a checkpoint's files against their checksum manifest"
+    )
+    check.add_argument("checkpoint", help="pretrain_sedd.py checkpoint or plain directory")
+    check.add_argument("--iteration", type=int, help="only this iteration (default: all)")
     args = parser.parse_args(argv)
     if args.command == "import" and (args.tp < 1 or args.pp < 1):
         parser.error("--tp and --pp must be positive")
@@ -80,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_export(args) -> str:
     new_output_dir(args.out, source=args.load)  # before the world starts
+    if not args.no_verify_checksums:
+        verify_checksums(args.load, args.iteration)
     with runtime.world():  # any world size: TP = PP = 1, the rest data parallel
         result = export_checkpoint(
             args.load,
@@ -88,6 +115,7 @@ def run_export(args) -> str:
             use_ema=False if args.raw else None,
             pytorch_bin=args.pytorch_bin,
             verify_outputs=args.verify,
+            verify_checksums=not args.no_verify_checksums,
         )
     info = result.info
     weights = "EMA" if info.ema else "raw"
@@ -102,7 +130,9 @@ def run_import(args, argv) -> str | None:
     spawn = nproc > 1 and "RANK" not in os.environ
     # Bad input is reported here, once, before any process or world starts.
     if spawn:
-        config, _ = read_plain_checkpoint(args.plain)  # the weights too, not from every rank
+        config, _ = read_plain_checkpoint(  # the weights too, not from every rank
+            args.plain, verify_checksums=not args.no_verify_checksums
+        )
     else:
         config = read_plain_config(args.plain)  # import_checkpoint reads the weights
     world_size = None if spawn else int(os.environ.get("WORLD_SIZE", "1"))
@@ -115,13 +145,48 @@ def run_import(args, argv) -> str | None:
         return None  # rank 0 of the launched job printed the report
     with runtime.world(args.tp, args.pp):
         result = import_checkpoint(
-            args.plain, args.out, tp=args.tp, pp=args.pp, verify_outputs=args.verify
+            args.plain,
+            args.out,
+            tp=args.tp,
+            pp=args.pp,
+            verify_outputs=args.verify,
+            verify_checksums=not args.no_verify_checksums,
         )
     return _report(
         f"imported {args.plain} as a TP={result.tp} PP={result.pp} release checkpoint "
         f"{result.path} (pretrain_sedd.py --load {result.path})",
         result.max_relative_difference,
     )
+
+
+def run_verify(args) -> tuple[str, int]:
+    """(line, exit status) of ``verify``: 0 when every manifest matches, 1 when a directory
+    has none; a differing file raises CheckpointError."""
+    source_kind(args.checkpoint)  # a clear error for a directory that is no checkpoint
+    if is_plain_dir(args.checkpoint):
+        folders = [Path(args.checkpoint)]
+    elif args.iteration is not None or (Path(args.checkpoint) / "metadata.json").is_file():
+        folders = [find_iteration(args.checkpoint, args.iteration).path]
+    else:
+        root = Path(args.checkpoint)
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and ITERATION.match(p.name))
+        folders = folders or [find_iteration(root).path]  # its clear error
+    files, without = 0, []
+    for folder in folders:
+        if verify_directory(folder, note=False):
+            files += len(read_manifest(folder)[1])
+        else:
+            without.append(str(folder))
+    if without:
+        return (
+            f"{', '.join(without)}: no {MANIFEST_NAME} (saved before checksums or by another "
+            f"tool): nothing to verify" + (f"; the other files ({files}) match" if files else ""),
+            1,
+        )
+    where = (
+        str(folders[0]) if len(folders) == 1 else f"{len(folders)} iterations of {args.checkpoint}"
+    )
+    return f"ok: {files} files of {where} match their checksums", 0
 
 
 def _relaunch(cmd: list[str]) -> None:
@@ -150,14 +215,22 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     rank0 = os.environ.get("RANK", "0") == "0"
+    status = 0
     try:
-        report = run_export(args) if args.command == "export" else run_import(args, argv)
+        if args.command == "verify":
+            report, status = run_verify(args)
+        elif args.command == "export":
+            report = run_export(args)
+        else:
+            report = run_import(args, argv)
     except (CheckpointError, ConfigError, FileExistsError, ValueError) as err:
         if rank0:
             print(f"convert_checkpoint.py: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     if report and rank0:
         print(report, flush=True)
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

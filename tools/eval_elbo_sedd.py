@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iteration", type=int, help="checkpoint iteration (default: latest)")
     g.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
     g.add_argument(
+        "--no-verify-checksums",
+        action="store_true",
+        help="skip checking the model's files against their checksum manifest",
+    )
+    g.add_argument(
         "--backend",
         choices=("auto", "plain", "megatron"),
         default="auto",
@@ -188,8 +193,11 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     check_settings(args)
     backend = open_model_for(args)
+    from sedd_megatron.checkpoint import verify_checksums  # lazy: torch; checks first
     from sedd_megatron.checkpoint.parallel import check_tool_layout  # lazy: torch; checks first
 
+    if not args.no_verify_checksums:
+        verify_checksums(args.load, args.iteration)  # before anything reads the files
     check_tool_layout(args.load, args.tp, args.pp, backend, iteration=args.iteration)
     import torch
 
@@ -204,6 +212,7 @@ def _main(argv) -> int:
             iteration=args.iteration,
             use_ema=False if args.raw else None,
             seq_length=args.seq_length,
+            verify_checksums=not args.no_verify_checksums,
         )
         compare = compare_list(args)
         report = elbo_report(

@@ -29,7 +29,7 @@ quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 
 import torch.distributed as dist
 
 from sedd_megatron import runtime
-from sedd_megatron.checkpoint import open_model, resolve_backend, source_kind
+from sedd_megatron.checkpoint import open_model, resolve_backend, source_kind, verify_checksums
 from sedd_megatron.checkpoint.parallel import check_tool_layout
 from sedd_megatron.datasets.tokenizers import add_tokenizer_args, tokenizer_from_args
 from sedd_megatron.errors import ConfigError, DataError, PromptError
@@ -73,6 +73,11 @@ def parse_args(argv):
         help="checkpoint iteration (default: latest)",
     )
     parser.add_argument("--raw", action="store_true", help="raw weights (default: EMA when saved)")
+    parser.add_argument(
+        "--no-verify-checksums",
+        action="store_true",
+        help="skip checking the model's files against their checksum manifest",
+    )
     parser.add_argument(
         "--backend",
         choices=("auto", "plain", "megatron"),
@@ -199,6 +204,8 @@ def main(argv=None) -> int:
         tokenizer = None if args.no_detokenize else tokenizer_from_args(args)
         check_prompts(prompts, tokenizer.encode if tokenizer else ids_encoder, args.seq_length)
         backend = resolve_backend(args.source, args.backend)
+        if not args.no_verify_checksums:
+            verify_checksums(args.source, args.iteration)  # before anything reads the files
         check_tool_layout(args.source, args.tp, args.pp, backend, iteration=args.iteration)
         world = runtime.world(args.tp, args.pp, seed=args.seed) if backend == "megatron" else None
         with world or contextlib.nullcontext():
@@ -209,6 +216,7 @@ def main(argv=None) -> int:
                 use_ema=False if args.raw else None,
                 seq_length=args.seq_length,
                 device=default_device(),
+                verify_checksums=not args.no_verify_checksums,
             )
             rounds = iter_records(
                 model,

@@ -25,7 +25,8 @@ caller's world), which sampling, evaluation and the tools share. Underneath it, 
   ``ema``.
 - Bad input raises :class:`CheckpointError` (a ValueError) with one clear message: missing,
   empty or incomplete checkpoint, unreadable tracker, key/shape mismatch, unknown graph,
-  a pickle that needs more than ``weights_only`` loading.
+  a pickle that needs more than ``weights_only`` loading, a file that differs from the
+  checkpoint's checksum manifest (``sedd_checksums.json``; ``verify_checksums=False`` skips it).
 
 Conversions (each writes a new directory atomically; see their docstrings):
 :func:`export_checkpoint` (Megatron -> published layout) and :func:`import_checkpoint`
@@ -42,6 +43,7 @@ from sedd_megatron.checkpoint.locate import (
     read_checkpoint_args,
     read_plain_checkpoint,
     source_kind,
+    verify_checksums,
 )
 from sedd_megatron.checkpoint.opener import open_model, resolve_backend
 from sedd_megatron.checkpoint.verify import compare
@@ -65,4 +67,5 @@ __all__ = [
     "read_plain_checkpoint",
     "resolve_backend",
     "source_kind",
+    "verify_checksums",
 ]

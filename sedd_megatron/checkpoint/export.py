@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from sedd_megatron import checksums
 from sedd_megatron.checkpoint import locate, verify, world
 from sedd_megatron.checkpoint.loader import SEDDModelInfo, load_sedd_model
 from sedd_megatron.errors import CheckpointError
@@ -28,6 +29,7 @@ def export_checkpoint(
     safetensors: bool = True,
     pytorch_bin: bool = False,
     verify_outputs: bool = False,
+    verify_checksums: bool = True,
 ) -> ExportResult:
     """Write iteration ``iteration`` (default: the latest) of a pretrain_sedd.py checkpoint to
     ``out_dir`` in the published layout, loadable by ``plain.SEDD.from_pretrained``.
@@ -37,15 +39,20 @@ def export_checkpoint(
     writes; start one with ``sedd_megatron.runtime.world()``), else raises CheckpointError.
     ``out_dir`` must be new (see ``world.new_output_dir``); it appears complete or not at all.
     ``verify_outputs`` compares the log-scores of the written files with the Megatron model's.
+    ``verify_checksums`` checks the source's checksum manifest first; the output gets its own.
     """
     target = world.new_output_dir(out_dir, source=ckpt_dir)
     if locate.source_kind(ckpt_dir) != "megatron":
         raise CheckpointError(
             f"{ckpt_dir} is not a pretrain_sedd.py checkpoint (nothing to export)"
         )
-    locate.find_iteration(ckpt_dir, iteration)  # fail early, before touching the world
+    where = locate.find_iteration(ckpt_dir, iteration)  # fail early, before the world
+    if verify_checksums:
+        checksums.verify_directory(where.path)
     world.require_world(what="export_checkpoint")
-    model, info = load_sedd_model(ckpt_dir, iteration=iteration, use_ema=use_ema)
+    model, info = load_sedd_model(
+        ckpt_dir, iteration=iteration, use_ema=use_ema, verify_checksums=verify_checksums
+    )
     from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
         reference_state_dict,
     )

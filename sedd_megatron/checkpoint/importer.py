@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sedd_megatron import checksums
 from sedd_megatron.checkpoint import configs, locate, verify, world
 from sedd_megatron.checkpoint.export import check_difference, plain_model
 from sedd_megatron.checkpoint.loader import build_model, load_sedd_model
@@ -41,6 +42,7 @@ def import_checkpoint(
     pp: int = 1,
     ema_decay: float | None = None,
     verify_outputs: bool = False,
+    verify_checksums: bool = True,
 ) -> ImportResult:
     """Convert a published-layout directory into a Megatron checkpoint split for TP x PP.
 
@@ -51,9 +53,10 @@ def import_checkpoint(
     ``out_dir`` must be new (see ``world.new_output_dir``); it appears complete or not at all.
     A layout that does not fit the model raises ConfigError; blocks that ``pp`` does not divide
     are split by ``checkpoint.parallel.pipeline_split`` (recorded in the saved args as Megatron's
-    ``--decoder-first/last-pipeline-num-layers``).
+    ``--decoder-first/last-pipeline-num-layers``). ``verify_checksums`` checks the input's
+    checksum manifest first; the release directory gets its own.
     """
-    config, reference = locate.read_plain_checkpoint(plain_dir)
+    config, reference = locate.read_plain_checkpoint(plain_dir, verify_checksums=verify_checksums)
     check_config_layout(config, tp, pp)
     target = world.new_output_dir(out_dir, source=plain_dir)
     argv = configs.pretrain_argv(config, tp=tp, pp=pp)
@@ -108,7 +111,8 @@ def parse_pretrain_args(argv: list[str], save: Path):
 def save_release_checkpoint(model, args, directory: Path) -> None:
     """Save ``model`` (and its EMA child) as Megatron's release checkpoint under ``directory``.
 
-    The same state Megatron's save_checkpoint writes, minus optimizer, scheduler and RNG state.
+    The same state Megatron's save_checkpoint writes, minus optimizer, scheduler and RNG state,
+    plus the checksum manifest of ``release/``.
     """
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
@@ -136,6 +140,7 @@ def save_release_checkpoint(model, args, directory: Path) -> None:
         content_metadata={k: v for k, v in metadata.items() if k != "dp_cp_group"},
         preprocess_common_before_consistancy_check=_without_rank,
     )
+    world.on_rank0(lambda: checksums.write_manifest(release_dir))  # every rank's files written
     world.on_rank0(
         lambda: Path(get_checkpoint_tracker_filename(str(directory))).write_text("release")
     )

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from sedd_megatron import checksums
 from sedd_megatron.checkpoint import configs, locate
 from sedd_megatron.checkpoint.parallel import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
@@ -106,11 +107,13 @@ def load_sedd_model(
     iteration: int | None = None,
     use_ema: bool | None = None,
     seq_length: int | None = None,
+    verify_checksums: bool = True,
 ):
     """Load a SEDD checkpoint into this rank's stage of a SEDDModel; returns (model, info).
 
     See the package docstring for the contract. ``use_ema``: None = EMA weights if the
-    checkpoint has them, True = require them, False = the raw weights.
+    checkpoint has them, True = require them, False = the raw weights. ``verify_checksums``:
+    check the files against their checksum manifest first (``sedd_megatron.checksums``).
     """
     from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
         load_reference_state_dict,
@@ -121,13 +124,15 @@ def load_sedd_model(
     if kind == "plain":
         if iteration is not None:
             raise CheckpointError(f"{source} is a plain checkpoint: it has no iterations")
-        config, reference = locate.read_plain_checkpoint(source)
+        config, reference = locate.read_plain_checkpoint(source, verify_checksums=verify_checksums)
         model = build_model(config, seq_length=seq_length)
         load_reference_state_dict(model, reference)
         info = SEDDModelInfo(config, source, kind, None, None, seq_length or config.length)
         return model.eval(), info
 
     where = locate.find_iteration(source, iteration)
+    if verify_checksums:
+        checksums.verify_directory(where.path)
     args = locate.read_common_state(where)["args"]
     config = configs.published_config(args, configs.num_tokens_from_args(args))
     has_ema = locate.has_ema_weights(where)

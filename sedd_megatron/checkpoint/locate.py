@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from sedd_megatron import checksums
 from sedd_megatron.checkpoint import safety
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.checkpoint import (
@@ -100,6 +101,15 @@ def find_iteration(ckpt_dir: str | Path, iteration: int | None = None) -> Checkp
     return _complete(CheckpointIteration(path / f"iter_{number:07d}", number), path)
 
 
+def verify_checksums(source: str | Path, iteration: int | None = None) -> bool:
+    """Check the checksum manifest of what ``source`` would load: a plain directory, or the
+    iteration :func:`find_iteration` picks. False when there is none (a note says so);
+    CheckpointError naming the first differing file."""
+    if is_plain_dir(source):
+        return checksums.verify_directory(source)
+    return checksums.verify_directory(find_iteration(source, iteration).path)
+
+
 def read_checkpoint_args(ckpt_dir: str | Path, iteration: int | None = None):
     """The Megatron ``args`` (argparse.Namespace) saved by pretrain_sedd.py with the iteration."""
     return read_common_state(find_iteration(ckpt_dir, iteration))["args"]
@@ -154,13 +164,18 @@ def has_ema_weights(where: CheckpointIteration) -> bool:
     return any(key.startswith("ema.") for key in saved_tensor_keys(where))
 
 
-def read_plain_checkpoint(directory: str | Path) -> tuple[SEDDConfig, dict[str, torch.Tensor]]:
-    """Config and validated float32 reference state dict of a published-layout directory."""
+def read_plain_checkpoint(
+    directory: str | Path, *, verify_checksums: bool = True
+) -> tuple[SEDDConfig, dict[str, torch.Tensor]]:
+    """Config and validated float32 reference state dict of a published-layout directory
+    (its checksum manifest, if any, checked first unless ``verify_checksums`` is False)."""
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such directory")
     if not (path / CONFIG_NAME).is_file():
         raise CheckpointError(f"{path} has no {CONFIG_NAME}")
+    if verify_checksums:
+        checksums.verify_directory(path)
     try:
         config = SEDDConfig.from_json(path / CONFIG_NAME)
     except ConfigError as err:

@@ -46,6 +46,7 @@ def open_model(
     use_ema: bool | None = None,
     seq_length: int | None = None,
     device: str | torch.device | None = None,
+    verify_checksums: bool = True,
 ) -> ScoreModel:
     """The model in ``source`` (a pretrain_sedd.py checkpoint or a published-layout directory).
 
@@ -55,7 +56,10 @@ def open_model(
     an initialised Megatron world, e.g. ``with sedd_megatron.runtime.world(tp=..., pp=...):``,
     and raises CheckpointError without one) or "auto" (plain for a plain directory outside a
     distributed run, else megatron). ``iteration`` / ``use_ema`` (None: EMA weights when saved)
-    apply to Megatron checkpoints; ``seq_length`` defaults to the training length.
+    apply to Megatron checkpoints; ``seq_length`` defaults to the training length. The files
+    are checked against the checkpoint's checksum manifest first (CheckpointError naming the
+    first differing file; a note on stderr when there is no manifest) unless
+    ``verify_checksums`` is False.
     """
     if not Path(source).exists():
         raise CheckpointError(f"model not found: {source}")
@@ -63,10 +67,18 @@ def open_model(
     if backend == "plain":
         if not locate.is_plain_dir(source):
             raise CheckpointError(f"{source}: not a plain model directory (config.json + weights)")
-        return PlainScoreModel.from_pretrained(source, seq_length, device=device)
+        return PlainScoreModel.from_pretrained(
+            source, seq_length, device=device, verify=verify_checksums
+        )
     locate.source_kind(source)  # a clear error for a directory that is no checkpoint at all
+    if verify_checksums:
+        locate.verify_checksums(source, iteration)  # before the world is needed
     require_world(what=f"opening {source} with the Megatron backend")
     model, info = load_sedd_model(
-        source, iteration=iteration, use_ema=use_ema, seq_length=seq_length
+        source,
+        iteration=iteration,
+        use_ema=use_ema,
+        seq_length=seq_length,
+        verify_checksums=verify_checksums,
     )
     return MegatronScoreModel(model, info, seq_length)

@@ -282,12 +282,20 @@ def open_eval_model(
     iteration: int | None = None,
     use_ema: bool | None = None,
     seq_length: int | None = None,
+    verify_checksums: bool = True,
 ):
     """``source`` opened with :func:`sedd_megatron.checkpoint.open_model` (a Megatron checkpoint
     needs the caller's world); EvalError when it does not exist."""
     if not os.path.exists(source):
         raise EvalError(f"model not found: {source}")
-    return open_model(source, backend, iteration=iteration, use_ema=use_ema, seq_length=seq_length)
+    return open_model(
+        source,
+        backend,
+        iteration=iteration,
+        use_ema=use_ema,
+        seq_length=seq_length,
+        verify_checksums=verify_checksums,
+    )
 
 
 def elbo_report(

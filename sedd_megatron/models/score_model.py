@@ -109,9 +109,10 @@ class PlainScoreModel:
             self.description["source"] = str(source)
 
     @classmethod
-    def from_pretrained(cls, path, seq_length: int | None = None, device=None):
-        """A published-layout directory (config.json + weights), on ``device`` if given."""
-        model = SEDD.from_pretrained(path)
+    def from_pretrained(cls, path, seq_length: int | None = None, device=None, verify=True):
+        """A published-layout directory (config.json + weights), on ``device`` if given
+        (``verify``: check its checksum manifest first)."""
+        model = SEDD.from_pretrained(path, verify_checksums=verify)
         return cls(model.to(device) if device else model, seq_length, source=path)
 
     @property

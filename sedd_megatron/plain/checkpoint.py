@@ -3,7 +3,9 @@
 A checkpoint directory holds ``config.json`` (SEDDConfig.to_dict) and the reference state dict
 as ``model.safetensors`` and/or ``pytorch_model.bin``. Pickles are only read with
 ``weights_only=True``; keys and shapes are checked strictly against layout.py, and weights
-holding NaN or Inf are refused (:func:`check_finite`).
+holding NaN or Inf are refused (:func:`check_finite`). :func:`save_pretrained` also writes the
+checksum manifest ``sedd_checksums.json`` and :func:`load_pretrained` checks it first
+(``sedd_megatron.checksums``).
 """
 
 from collections import OrderedDict
@@ -14,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sedd_megatron import checksums
 from sedd_megatron.atomic import atomic_directory
 from sedd_megatron.errors import CheckpointError
 from sedd_megatron.safe_load import weights_only_failure
@@ -91,8 +94,12 @@ def find_weights_file(directory: Path, weights_name: str | None = None) -> Path:
     raise CheckpointError(f"{directory} has neither {SAFETENSORS_NAME} nor {PYTORCH_BIN_NAME}")
 
 
-def load_pretrained(model_cls, path: str | Path, *, weights_name: str | None = None):
-    """Build ``model_cls(config)`` from a local checkpoint directory, in eval mode, float32."""
+def load_pretrained(
+    model_cls, path: str | Path, *, weights_name: str | None = None, verify_checksums=True
+):
+    """Build ``model_cls(config)`` from a local checkpoint directory, in eval mode, float32.
+
+    With ``verify_checksums`` the directory's checksum manifest, if any, is checked first."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(
@@ -100,6 +107,8 @@ def load_pretrained(model_cls, path: str | Path, *, weights_name: str | None = N
         )
     if not (directory / CONFIG_NAME).is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}")
+    if verify_checksums:
+        checksums.verify_directory(directory)
     config = SEDDConfig.from_json(directory / CONFIG_NAME)
     weights_file = find_weights_file(directory, weights_name)
     state_dict = read_state_dict(weights_file)
@@ -119,7 +128,8 @@ def load_pretrained(model_cls, path: str | Path, *, weights_name: str | None = N
 def save_pretrained(
     model, path: str | Path, *, safetensors=True, pytorch_bin=False, overwrite=False
 ) -> Path:
-    """Write config.json + weights into a temporary sibling directory, then rename it to ``path``.
+    """Write config.json + weights + the checksum manifest into a temporary sibling directory,
+    then rename it to ``path``.
 
     An existing non-empty ``path`` is an error unless ``overwrite``; then it is replaced whole.
     """
@@ -142,4 +152,5 @@ def save_pretrained(
             save_file(state_dict, staging / SAFETENSORS_NAME, metadata={"format": "pt"})
         if pytorch_bin:
             torch.save(state_dict, staging / PYTORCH_BIN_NAME)
+        checksums.write_manifest(staging)
     return target

@@ -214,9 +214,14 @@ class SEDD(nn.Module):
         return torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, weights_name: str | None = None) -> "SEDD":
-        """Load a local directory with config.json + model.safetensors or pytorch_model.bin."""
-        return load_pretrained(cls, path, weights_name=weights_name)
+    def from_pretrained(
+        cls, path: str | Path, *, weights_name: str | None = None, verify_checksums: bool = True
+    ) -> "SEDD":
+        """Load a local directory with config.json + model.safetensors or pytorch_model.bin
+        (its checksum manifest, if any, checked first unless ``verify_checksums`` is False)."""
+        return load_pretrained(
+            cls, path, weights_name=weights_name, verify_checksums=verify_checksums
+        )
 
     def save_pretrained(
         self,

@@ -152,6 +152,13 @@ def add_sedd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="append per-step JSON lines (iteration, loss, grad norm, lr) here; a run that "
         "starts at iteration N (resumed, or 0) first drops the records after N",
     )
+    group.add_argument(
+        "--no-verify-checksums",
+        dest="verify_checksums",
+        action="store_false",
+        help="--load / --pretrained-checkpoint: skip checking the checkpoint's files against "
+        "their checksum manifest (sedd_checksums.json, written with every save)",
+    )
     parser.set_defaults(**REFERENCE_DEFAULTS, **accelerator_defaults())
     escape_help_percents(parser)  # Megatron's inherited help, for --help
     one_line_errors(parser)

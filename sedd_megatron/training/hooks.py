@@ -12,21 +12,33 @@ atomic:
   validation loss is the ELBO estimate of the weights we export;
 - the checkpoint tracker file (``latest_checkpointed_iteration.txt``): Megatron truncates and
   rewrites it in place, so a kill at that moment leaves an empty tracker and the next run exits
-  ("Invalid metadata file"). It is now written to a temporary name, fsynced and renamed.
+  ("Invalid metadata file"). It is now written to a temporary name, fsynced and renamed;
+  just before, the checksum manifest of the iteration it names is written
+  (``sedd_megatron.checksums``). Megatron writes the tracker on rank 0 once every rank's files
+  are complete (after a barrier, or in the finalize step of an ``--async-save``), so the
+  manifest covers the whole iteration directory.
 
-Both wrappers call the original function unchanged; nothing else in Megatron is altered.
+- ``OptimizerParamScheduler._check_and_set``: a learning-rate schedule that differs from the
+  checkpoint's is a ConfigError naming Megatron's two flags that resolve it (Megatron asserts,
+  with a traceback).
+
+The wrappers call the original functions unchanged; nothing else in Megatron is altered.
 """
 
 import contextlib
 import functools
+import io
 import os
 import time
 
 import torch
 
-from sedd_megatron.atomic import atomic_open
+from sedd_megatron.atomic import atomic_write_text
+from sedd_megatron.checksums import write_manifest
+from sedd_megatron.errors import ConfigError
 from sedd_megatron.models.sedd.ema import find_ema
 from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl, truncate_jsonl
+from sedd_megatron.training.resume import scheduler_mismatch_message
 
 _INSTALLED = {"done": False}
 #: What this process saw: per-step training records and validation losses (nats/token).
@@ -101,8 +113,26 @@ class _AtomicTrackerStorage:
     def open(self, path, mode="r", *args, **kwargs):
         local = "://" not in str(path)
         if mode == "w" and local and os.path.basename(str(path)) == TRACKER_NAME:
-            return atomic_open(str(path), fsync=True)  # Megatron writes it in a with block
+            return _tracker_write(str(path))  # Megatron writes it in a with block
         return self._inner.open(path, mode, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _tracker_write(path: str):
+    """Collect the tracker's text; then write the named iteration's checksum manifest and
+    the tracker itself (atomically, fsynced)."""
+    buffer = io.StringIO()
+    yield buffer
+    text = buffer.getvalue()
+    name = text.strip()
+    folder = None
+    if name == "release":
+        folder = os.path.join(os.path.dirname(path), "release")
+    elif name.isdigit():
+        folder = os.path.join(os.path.dirname(path), f"iter_{int(name):07d}")
+    if folder is not None and os.path.isdir(folder):
+        write_manifest(folder)
+    atomic_write_text(path, text, fsync=True)
 
 
 def install_training_hooks() -> None:
@@ -114,6 +144,7 @@ def install_training_hooks() -> None:
     from megatron.training import training as mt
 
     mc.maybe_msc = _AtomicTrackerStorage(mc.maybe_msc)
+    _wrap_scheduler_check()
 
     original_setup = mt.setup_model_and_optimizer
     original_evaluate = mt.evaluate
@@ -156,6 +187,21 @@ def install_training_hooks() -> None:
     mt.evaluate = evaluate
     mt.evaluate_and_print_results = evaluate_and_print_results
     _INSTALLED["done"] = True
+
+
+def _wrap_scheduler_check() -> None:
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    original = OptimizerParamScheduler._check_and_set
+
+    @functools.wraps(original)
+    def _check_and_set(self, cls_value, sd_value, name):
+        try:
+            return original(self, cls_value, sd_value, name)
+        except AssertionError:
+            raise ConfigError(scheduler_mismatch_message(name, cls_value, sd_value)) from None
+
+    OptimizerParamScheduler._check_and_set = _check_and_set
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from sedd_megatron import checksums
 from sedd_megatron.atomic import atomic_open
 from sedd_megatron.console import fail, quiet_third_party, restore_third_party_logging
 from sedd_megatron.errors import ConfigError, SEDDError
@@ -64,10 +65,12 @@ def check_data_paths(args, vocab_size: int | None = None) -> None:
 
 def check_load_paths(args) -> None:
     """Preflight of ``--load`` / ``--pretrained-checkpoint`` (sedd_megatron.checkpoint.safety):
-    a corrupt tracker, a missing iteration, metadata that would run code, missing or truncated
-    shards and unreadable legacy files are one CheckpointError here, before Megatron (which
-    exits 0 or dies with a traceback on them) reads anything."""
+    files that differ from the checkpoint's checksum manifest (unless
+    ``--no-verify-checksums``), a corrupt tracker, a missing iteration, metadata that would run
+    code, missing or truncated shards and unreadable legacy files are one CheckpointError here,
+    before Megatron (which exits 0 or dies with a traceback on them) reads anything."""
     from sedd_megatron.checkpoint import safety  # lazy: torch, after the start-up timestamp
+    from sedd_megatron.training.resume import check_resume_args  # lazy: as above
 
     if getattr(args, "non_persistent_ckpt_type", None) is not None:
         return  # Megatron may load a non-persistent checkpoint instead; it is checked then
@@ -75,7 +78,31 @@ def check_load_paths(args) -> None:
     for name in ("load", "pretrained_checkpoint"):
         directory = getattr(args, name, None)
         if directory:
-            safety.check_load_dir(directory, step if name == "load" else None)
+            iteration = step if name == "load" else None
+            folder = load_folder(directory, iteration)
+            if folder is not None and getattr(args, "verify_checksums", True):
+                # first, so that a corrupt file is named as such; a note goes to Megatron's log
+                checksums.verify_directory(folder, stream=sys.stdout)
+            safety.check_load_dir(directory, iteration)
+            if name == "load":
+                check_resume_args(args, folder)
+
+
+def load_folder(load_dir: str, iteration: int | None = None) -> str | None:
+    """The iteration directory Megatron would load from ``load_dir`` (None: none, or not
+    there; ``safety.check_load_dir`` reports what is wrong)."""
+    from sedd_megatron.checkpoint import safety  # lazy: torch, after the start-up timestamp
+
+    tracker = os.path.join(load_dir, "latest_checkpointed_iteration.txt")
+    release = False
+    if os.path.isfile(tracker):
+        number, release = safety.parse_tracker(tracker)
+    elif iteration is None:
+        return None
+    if iteration is not None:
+        number = iteration
+    folder = os.path.join(load_dir, "release" if release else f"iter_{number:07d}")
+    return folder if os.path.isdir(folder) else None
 
 
 def _flag(name: str) -> str:

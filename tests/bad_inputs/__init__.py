@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Shared fixtures, built once per session by tests/test_bad_inputs.py:
-#:   plain       tests/data/conformance/tiny_absorb (published layout: config.json + safetensors)
+#:   plain       a copy of tests/data/conformance/tiny_absorb (published layout: config.json +
+#:               safetensors) with its checksum manifest, as save_pretrained writes it
 #:   megatron    that model imported as a pretrain_sedd.py ``torch_dist`` checkpoint at TP=1/PP=1
-#:               (``--save`` directory: latest_checkpointed_iteration.txt + iter_0000000/ ...)
+#:               (``--save`` directory: latest_checkpointed_iteration.txt + release/ ...)
+#:   trained     a pretrain_sedd.py ``--save`` directory after 2 iterations of the model of
+#:               cases_training.BASE on mock data (iter_0000002/ with optimizer state)
 #:   data        prefix of a small indexed dataset (token ids < 1000, NullTokenizer style) for
 #:               pretrain/eval: ``{data}.bin`` and ``{data}.idx``
 #:   text        a small UTF-8 text file (a few KB of English)
-FIXTURES = ("plain", "megatron", "data", "text")
+FIXTURES = ("plain", "megatron", "trained", "data", "text")
 
 
 @dataclass(frozen=True)

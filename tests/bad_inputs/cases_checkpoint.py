@@ -1,6 +1,10 @@
 """Bad-input cases of the area "checkpoint": checkpoints that try to run code, broken
-torch_dist checkpoints (tracker, metadata, shards) and NaN/Inf weights, through
-pretrain_sedd.py --load, generate_sedd.py, convert_checkpoint.py export and eval_elbo_sedd.py.
+torch_dist checkpoints (tracker, metadata, shards), NaN/Inf weights and a flipped bit (caught
+by the checksum manifest), through pretrain_sedd.py --load, generate_sedd.py,
+convert_checkpoint.py export/import/verify and eval_elbo_sedd.py.
+
+The crafted checkpoints come with a matching checksum manifest (:func:`rehashed`: whoever hands
+out a crafted file can hash it too), so the checks behind the manifest are what they meet.
 
 The helpers below craft the broken copies (also used by tests/checkpoint/test_safety.py):
 every crafted pickle, if it were unpickled for real, would create ``PWNED`` in the case's
@@ -14,10 +18,12 @@ import pathlib
 import pickle
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from sedd_megatron import checksums
 from tests.bad_inputs import Case
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -132,7 +138,8 @@ def poison_weight(tmp: Path, fixtures: dict[str, Path], key: str = "sigma_map.ml
 
 
 def poison_plain(tmp: Path, fixtures: dict[str, Path], key: str = "blocks.1.mlp.0.bias"):
-    """A copy of the plain fixture at ``tmp/plain`` whose ``key`` holds a NaN."""
+    """A copy of the plain fixture at ``tmp/plain`` whose ``key`` holds a NaN (saved with its
+    checksum manifest: the file is what was saved, the weights are bad)."""
     from safetensors.torch import load_file, save_file
 
     target = tmp / "plain"
@@ -142,6 +149,7 @@ def poison_plain(tmp: Path, fixtures: dict[str, Path], key: str = "blocks.1.mlp.
     weights[key] = weights[key].clone()
     weights[key].view(-1)[3] = float("nan")
     save_file(weights, target / "model.safetensors")
+    checksums.write_manifest(target)
 
 
 def truncate_shard(tmp: Path, fixtures: dict[str, Path]) -> None:
@@ -219,12 +227,44 @@ def plain_with_bin(content: bytes | None):
     return setup
 
 
+def rehashed(setup):
+    """``setup``, then a fresh checksum manifest for every directory of the case that has one."""
+    if setup is None:
+        return None
+
+    def wrapped(tmp: Path, fixtures: dict[str, Path]) -> None:
+        setup(tmp, fixtures)
+        for manifest in tmp.rglob(checksums.MANIFEST_NAME):
+            checksums.write_manifest(manifest.parent)
+
+    return wrapped
+
+
+def flipped_shard(tmp: Path, fixtures: dict[str, Path]) -> None:
+    """A copy of the pretrain_sedd.py checkpoint at ``tmp/ckpt`` with one bit of its shard
+    flipped (in the middle: tensor data; the file stays structurally valid)."""
+    target = shutil.copytree(fixtures["trained"], tmp / "ckpt")
+    flip_middle_bit(target / "iter_0000002" / "__0_0.distcp")
+
+
+def flipped_safetensors(tmp: Path, fixtures: dict[str, Path]) -> None:
+    target = shutil.copytree(fixtures["plain"], tmp / "plain")
+    flip_middle_bit(target / "model.safetensors")
+
+
+def flip_middle_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
 # ---------------------------------------------------------------------------------- cases
 GENERATE = ("tools/generate_sedd.py", "{tmp}/ckpt", "--no-detokenize", "--num-samples", "1",
             "--steps", "2", "--no-progress")  # fmt: skip
 EXPORT = ("tools/convert_checkpoint.py", "export", "--load", "{tmp}/ckpt", "--out", "{tmp}/out")
 EVAL = ("tools/eval_elbo_sedd.py", "--load", "{tmp}/ckpt", "--data", "{data}", "--blocks", "1",
         "--num-t-samples", "2", "--no-progress")  # fmt: skip
+FLIPPED = r"iter_0000002/__0_0\.distcp: checksum mismatch: its content differs"
 REFUSED = r"refusing to load .*\.metadata: it needs the Python global pathlib\.Path\.touch"
 REFUSED_COMMON = (
     r"refusing to load .*__0_0\.distcp: its item common_state\S* needs the Python global "
@@ -333,5 +373,24 @@ CASES = [
         EVAL[:2] + ("{tmp}/plain",) + EVAL[3:],
         r"the weight blocks\.1\.mlp\.0\.bias holds NaN or Inf",
         setup=poison_plain,
+    ),
+]
+CASES = [replace(case, setup=rehashed(case.setup)) for case in CASES]
+CASES += [
+    Case("pretrain --load: a flipped bit in a shard", PRETRAIN, FLIPPED, setup=flipped_shard),
+    Case("generate: a flipped bit in a shard", GENERATE, FLIPPED, setup=flipped_shard),
+    Case("eval: a flipped bit in a shard", EVAL, FLIPPED, setup=flipped_shard),
+    Case("export: a flipped bit in a shard", EXPORT, FLIPPED, setup=flipped_shard),
+    Case(
+        "verify: a flipped bit in a shard",
+        ("tools/convert_checkpoint.py", "verify", "{tmp}/ckpt"),
+        FLIPPED,
+        setup=flipped_shard,
+    ),
+    Case(
+        "import: a flipped bit in model.safetensors",
+        ("tools/convert_checkpoint.py", "import", "--plain", "{tmp}/plain", "--out", "{tmp}/out"),
+        r"plain/model\.safetensors: checksum mismatch",
+        setup=flipped_safetensors,
     ),
 ]

@@ -118,3 +118,30 @@ CASES = [
     Case("ar baseline: a shared training check", ar("--lr", "-1"),
          r"--lr must not be negative, got -1\.0"),
 ]  # fmt: skip
+
+
+# Resuming the shared ``{trained}`` checkpoint (BASE, 2 iterations) with other settings.
+def resume(*args: str) -> tuple[str, ...]:
+    return mock("--load", "{trained}", *args)
+
+
+SETTINGS = r"iter_0000002 was saved with other model settings than this run's: "
+CASES += [
+    Case("pretrain --load: a longer --train-iters",
+         resume(),  # BASE trains 3 iterations, the checkpoint 2
+         r"learning-rate schedule differs from the checkpoint's: total number of iterations .*"
+         r"pass --override-opt_param-scheduler .* or --use-checkpoint-opt_param-scheduler"),
+    Case("pretrain --load: another --hidden-size",
+         resume("--hidden-size", "128"),
+         SETTINGS + r"--hidden-size 64 \(this run: 128\)"),
+    Case("pretrain --load: another --sedd-graph",
+         resume("--sedd-graph", "uniform", "--override-opt_param-scheduler"),
+         SETTINGS + r".*--sedd-graph absorb \(this run: uniform\); --sedd-noise loglinear "
+         r"\(this run: geometric\)"),
+    Case("pretrain --load: another --vocab-size",
+         resume("--vocab-size", "900"),
+         SETTINGS + r"--vocab-size 1000 \(this run: 900\)"),
+    Case("pretrain --load: another --sedd-time-conditioning",
+         resume("--sedd-time-conditioning", "none"),
+         SETTINGS + r"--sedd-time-conditioning sigma \(this run: none\)"),
+]  # fmt: skip

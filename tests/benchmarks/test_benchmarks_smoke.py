@@ -56,3 +56,12 @@ def test_sampling_benchmark_prints_table():
     out = run_python(BENCHMARKS / "bench_sampling.py", args, timeout=120).stdout
     for variant in ("megatron", "plain"):
         assert re.search(rf"^tiny\s+1\s+{variant}\s+[\d.]+", out, re.M), out
+
+
+def test_checkpoint_checksums_prints_the_ratio(tmp_path):
+    args = ["--params", "2e6", "--reps", "1", "--dir", str(tmp_path)]
+    out = run_python(BENCHMARKS / "bench_checkpoint_checksums.py", args, timeout=120).stdout
+    for name in ("torch_dist", "safetensors"):
+        assert re.search(rf"^{name}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), out
+    assert re.search(r"^ratio hash/save \(worst\): [\d.]+ \(target <= 0\.05\)$", out, re.M), out
+    assert list(tmp_path.iterdir()) == []  # its checkpoints are removed

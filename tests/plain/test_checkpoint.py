@@ -42,7 +42,12 @@ def listing(directory: Path) -> list[str]:
 
 def test_round_trip_bit_identical(absorb_model, tmp_path):
     out = absorb_model.save_pretrained(tmp_path / "saved", pytorch_bin=True)
-    assert listing(out) == ["config.json", "model.safetensors", "pytorch_model.bin"]
+    assert listing(out) == [
+        "config.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "sedd_checksums.json",
+    ]
     assert listing(tmp_path) == ["saved", *(f"saved/{n}" for n in listing(out))]  # no leftovers
     keys = reference_keys(absorb_model.config)
     assert set(load_file(out / "model.safetensors")) == set(keys)
@@ -76,12 +81,13 @@ def test_save_refuses_existing_directory(absorb_model, tmp_path):
         absorb_model.save_pretrained(target)
     assert listing(tmp_path) == ["out", "out/keep.txt"]
     absorb_model.save_pretrained(target, overwrite=True)
-    assert listing(target) == ["config.json", "model.safetensors"]
-    assert listing(tmp_path) == ["out", "out/config.json", "out/model.safetensors"]
+    saved = ["config.json", "model.safetensors", "sedd_checksums.json"]
+    assert listing(target) == saved
+    assert listing(tmp_path) == ["out", *(f"out/{name}" for name in saved)]
     empty = tmp_path / "empty"
     empty.mkdir()
     absorb_model.save_pretrained(empty)  # an existing empty directory is fine
-    assert listing(empty) == ["config.json", "model.safetensors"]
+    assert listing(empty) == saved
 
 
 def test_failed_save_leaves_nothing(absorb_model, tmp_path, monkeypatch):

@@ -1,0 +1,120 @@
+"""sedd_megatron.checksums: manifests written atomically, every kind of difference caught and
+named, the manifest-less note printed once; save_pretrained / load_pretrained / open_model
+(plain) through them."""
+
+import json
+import shutil
+
+import pytest
+import xxhash
+
+from sedd_megatron import checksums
+from sedd_megatron.errors import CheckpointError
+from tests.conftest import CONFORMANCE_DIR
+
+
+def flip_bit(path, offset=None):
+    """Flip one bit of ``path`` (in its middle by default)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "ckpt"
+    (root / "sub").mkdir(parents=True)
+    (root / "__0_0.distcp").write_bytes(bytes(range(256)) * 40000)  # > 2 chunks of 4 MiB
+    (root / ".metadata").write_bytes(b"meta")
+    (root / "sub" / "common.pt").write_bytes(b"")
+    return root
+
+
+def test_manifest_lists_every_file_with_size_and_hash(folder):
+    path = checksums.write_manifest(folder)
+    manifest = json.loads(path.read_text())
+    entries = {e["path"]: e for e in manifest["files"]}
+    assert set(entries) == {"__0_0.distcp", ".metadata", "sub/common.pt"}
+    for name, entry in entries.items():
+        data = (folder / name).read_bytes()
+        assert entry["size"] == len(data)
+        assert entry["xxh3_128"] == xxhash.xxh3_128(data).hexdigest()  # the independent truth
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # written atomically
+    assert checksums.verify_directory(folder) is True
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: flip_bit(f / "__0_0.distcp"), r"__0_0\.distcp: checksum mismatch: its content"),
+        (lambda f: flip_bit(f / ".metadata", 0), r"\.metadata: checksum mismatch"),
+        (
+            lambda f: (f / "__0_0.distcp").write_bytes((f / "__0_0.distcp").read_bytes()[:-1]),
+            r"__0_0\.distcp: checksum mismatch: 10239999 bytes, sedd_checksums\.json records",
+        ),
+        (lambda f: (f / "sub" / "common.pt").unlink(), r"sub/common\.pt is missing"),
+        (lambda f: (f / "sedd_checksums.json").write_text("{"), r"not a readable checksum"),
+    ],
+    ids=["flipped shard bit", "flipped metadata bit", "truncated", "missing", "bad manifest"],
+)
+def test_differences_are_one_error_naming_the_file(folder, damage, message):
+    checksums.write_manifest(folder)
+    damage(folder)
+    with pytest.raises(CheckpointError, match=message):
+        checksums.verify_directory(folder)
+
+
+def test_missing_manifest_is_one_note_per_directory(folder, capsys):
+    assert checksums.verify_directory(folder) is False
+    assert checksums.verify_directory(folder) is False
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "has no sedd_checksums.json" in err[0] and str(folder) in err[0]
+
+
+def test_save_pretrained_writes_a_manifest_and_load_checks_it(tmp_path, capsys):
+    from sedd_megatron.checkpoint import open_model
+    from sedd_megatron.plain import SEDD
+
+    model = SEDD.from_pretrained(CONFORMANCE_DIR / "tiny_absorb")  # published: no manifest
+    assert "has no sedd_checksums.json" in capsys.readouterr().err
+    out = model.save_pretrained(tmp_path / "saved")
+    listed = {e["path"] for e in checksums.read_manifest(out)[1]}
+    assert listed == {"config.json", "model.safetensors"}
+    flip_bit(out / "model.safetensors", (out / "model.safetensors").stat().st_size - 3)
+    with pytest.raises(CheckpointError, match=r"saved/model\.safetensors: checksum mismatch"):
+        SEDD.from_pretrained(out)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: checksum mismatch"):
+        open_model(out, "plain")
+    open_model(out, "plain", verify_checksums=False)  # the last weight's low bits: loads
+
+
+def test_verified_once_per_process_and_manifest(folder, monkeypatch):
+    checksums.write_manifest(folder)
+    assert checksums.verify_directory(folder)
+    calls = []
+    monkeypatch.setattr(checksums, "file_digest", lambda p, a: calls.append(p) or "0")
+    assert checksums.verify_directory(folder)  # cached: not hashed again
+    assert calls == []
+    monkeypatch.undo()
+    shutil.copy(folder / ".metadata", folder / "extra")
+    checksums.write_manifest(folder)  # a new manifest is checked again
+    monkeypatch.setattr(checksums, "file_digest", lambda p, a: calls.append(p) or "0")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checksums.verify_directory(folder)
+    assert calls
+
+
+def test_a_sha256_manifest_is_verified_too(folder):
+    import hashlib
+
+    files = [
+        {"path": n, "size": (folder / n).stat().st_size,
+         "sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()}
+        for n in checksums.checkpoint_files(folder)
+    ]  # fmt: skip
+    manifest = {"format": checksums.FORMAT, "algorithm": "sha256", "files": files}
+    (folder / checksums.MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert checksums.verify_directory(folder)
+    flip_bit(folder / ".metadata", 1)
+    with pytest.raises(CheckpointError, match=r"\.metadata: checksum mismatch"):
+        checksums.verify_directory(folder)
