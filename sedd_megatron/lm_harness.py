@@ -20,7 +20,6 @@ LOCAL_RANK 0 write the results).
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -47,10 +46,13 @@ class IdsTokenizer:
         try:
             return [int(tok) for tok in text.replace(",", " ").split()]
         except ValueError:
-            raise EvalError(f"tokenizer=ids: expected token ids as text, got {text[:60]!r}") from None
+            raise EvalError(
+                f"tokenizer=ids: expected token ids as text, got {text[:60]!r}"
+            ) from None
 
     def decode(self, ids) -> str:
-        return " ".join(str(int(i)) for i in ids)
+        """ " 12 7 991": a continuation of token-id text starts with its delimiter."""
+        return "".join(f" {int(i)}" for i in ids)  # each id after its delimiter, as in prompts
 
 
 def _as_int(name, value, minimum):
@@ -65,106 +67,148 @@ def _as_int(name, value, minimum):
     return out
 
 
-class SEDDLM(LM):
-    """lm-eval model ``sedd`` (module docstring). Model args: pretrained (plain directory or
-    pretrain_sedd.py checkpoint), backend, tp, pp, iteration, num_t_samples, design,
-    replicates, tail_samples, t_eps, seed, batch_size, dtype, steps, predictor, tokenizer
-    (gpt2 | ids), append_eos (rolling: EOS after the document, as the ELBO harness), level."""
-
-    def __init__(
-        self,
-        pretrained: str | None = None,
-        backend: str = "auto",
-        tp=1,
-        pp=1,
-        iteration=None,
-        num_t_samples=100,
-        design: str = "importance",
-        replicates=None,
-        tail_samples=None,
-        t_eps=1e-3,
-        seed=0,
-        batch_size=32,
-        dtype: str = "float32",
-        steps=64,
-        predictor: str = "analytic",
-        tokenizer: str | None = None,
-        append_eos=True,
-        level=0.95,
-        max_batch_size=None,
-        device=None,
-        **unknown,
-    ):
-        super().__init__()
-        if unknown:
-            raise EvalError(f"unknown model arg(s) for sedd: {', '.join(sorted(unknown))}")
-        if pretrained is None:
-            raise EvalError("model arg pretrained=DIR is required (a SEDD checkpoint directory)")
-        if not os.path.exists(str(pretrained)):
-            raise EvalError(f"model arg pretrained: not found: {pretrained}")
-        if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
-            batch_size = 32
-        self.num_t_samples = _as_int("num_t_samples", num_t_samples, 2)
-        self.seed = _as_int("seed", seed, 0)
-        self.batch_size = _as_int("batch_size", batch_size, 1)
-        self.steps = _as_int("steps", steps, 1)
-        self.replicates = None if replicates in (None, "") else _as_int("replicates", replicates, 2)
-        self.tail_samples = (
+def check_model_args(
+    pretrained: str | None = None,
+    backend: str = "auto",
+    tp=1,
+    pp=1,
+    iteration=None,
+    num_t_samples=100,
+    design: str = "importance",
+    replicates=None,
+    tail_samples=None,
+    t_eps=1e-3,
+    seed=0,
+    batch_size=32,
+    dtype: str = "float32",
+    steps=64,
+    predictor: str = "analytic",
+    tokenizer: str | None = None,
+    append_eos=True,
+    level=0.95,
+    max_batch_size=None,
+    device=None,
+    **unknown,
+) -> dict:
+    """The model args of ``sedd``, checked and normalised (EvalError names the first bad one);
+    nothing is opened. ``batch_size``: sequences per model call ('auto': 32);
+    ``max_batch_size`` and ``device`` (lm-eval's) are accepted and unused."""
+    if unknown:
+        raise EvalError(f"unknown model arg(s) for sedd: {', '.join(sorted(unknown))}")
+    if pretrained is None:
+        raise EvalError("model arg pretrained=DIR is required (a SEDD checkpoint directory)")
+    if not os.path.exists(str(pretrained)):
+        raise EvalError(f"model arg pretrained: not found: {pretrained}")
+    if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
+        batch_size = 32
+    out = {
+        "pretrained": str(pretrained),
+        "num_t_samples": _as_int("num_t_samples", num_t_samples, 2),
+        "seed": _as_int("seed", seed, 0),
+        "batch_size": _as_int("batch_size", batch_size, 1),
+        "steps": _as_int("steps", steps, 1),
+        "replicates": None if replicates in (None, "") else _as_int("replicates", replicates, 2),
+        "tail_samples": (
             None if tail_samples in (None, "") else _as_int("tail_samples", tail_samples, 0)
+        ),
+        "tp": _as_int("tp", tp, 1),
+        "pp": _as_int("pp", pp, 1),
+        "iteration": None if iteration in (None, "") else _as_int("iteration", iteration, 0),
+    }
+    try:
+        out["t_eps"], out["level"] = float(t_eps), float(level)
+    except (TypeError, ValueError):
+        raise EvalError(
+            f"model args t_eps and level must be numbers: {t_eps!r}, {level!r}"
+        ) from None
+    if design not in DESIGNS:
+        raise EvalError(f"model arg design must be one of {', '.join(DESIGNS)}, got {design!r}")
+    if dtype not in DTYPES:
+        raise EvalError(f"model arg dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if backend not in ("auto", "plain", "megatron"):
+        raise EvalError(f"model arg backend must be auto, plain or megatron, got {backend!r}")
+    if tokenizer is not None and tokenizer not in TOKENIZERS:
+        raise EvalError(f"model arg tokenizer must be one of {', '.join(TOKENIZERS)}")
+    if str(append_eos).lower() not in ("true", "false", "1", "0"):
+        raise EvalError(f"model arg append_eos must be true or false, got {append_eos!r}")
+    check_elbo_settings(
+        num_t_samples=out["num_t_samples"],
+        design=design,
+        replicates=out["replicates"],
+        t_eps=out["t_eps"],
+        batch_size=out["batch_size"],
+        level=out["level"],
+        tail_samples=out["tail_samples"],
+    )
+    try:
+        options = SamplingOptions(predictor=predictor, steps=out["steps"])
+    except ValueError as err:
+        raise EvalError(f"model arg predictor/steps: {err}") from None
+    out.update(
+        design=design,
+        dtype=dtype,
+        backend=backend,
+        tokenizer=tokenizer,
+        append_eos=str(append_eos).lower() in ("true", "1"),
+        options=options,
+    )
+    return out
+
+
+class SEDDLM(LM):
+    """lm-eval model ``sedd`` (module docstring). Model args (:func:`check_model_args`):
+    pretrained (plain directory or pretrain_sedd.py checkpoint), backend, tp, pp, iteration,
+    num_t_samples, design, replicates, tail_samples, t_eps, seed, batch_size, dtype, steps,
+    predictor, tokenizer (gpt2 | ids), append_eos (rolling: EOS after the document, as the
+    ELBO harness), level."""
+
+    def __init__(self, **model_args):
+        super().__init__()
+        a = check_model_args(**model_args)
+        self.num_t_samples, self.seed, self.batch_size = (
+            a["num_t_samples"],
+            a["seed"],
+            a["batch_size"],
         )
-        tp, pp = _as_int("tp", tp, 1), _as_int("pp", pp, 1)
-        try:
-            self.t_eps, self.level = float(t_eps), float(level)
-        except ValueError:
-            raise EvalError(f"model args t_eps / level must be numbers: {t_eps!r}, {level!r}") from None
-        if design not in DESIGNS:
-            raise EvalError(f"model arg design must be one of {', '.join(DESIGNS)}, got {design!r}")
-        if dtype not in DTYPES:
-            raise EvalError(f"model arg dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if str(append_eos).lower() not in ("true", "false", "1", "0"):
-            raise EvalError(f"model arg append_eos must be true or false, got {append_eos!r}")
-        self.append_eos = str(append_eos).lower() in ("true", "1")
-        self.design = design
-        check_elbo_settings(
-            num_t_samples=self.num_t_samples,
-            design=design,
-            replicates=self.replicates,
-            t_eps=self.t_eps,
-            batch_size=self.batch_size,
-            level=self.level,
-            tail_samples=self.tail_samples,
+        self.steps, self.replicates, self.tail_samples = (
+            a["steps"],
+            a["replicates"],
+            a["tail_samples"],
         )
-        self.options = SamplingOptions(predictor=predictor, steps=self.steps)
+        self.t_eps, self.level, self.design = a["t_eps"], a["level"], a["design"]
+        self.append_eos, self.options = a["append_eos"], a["options"]
+        pretrained, dtype = a["pretrained"], a["dtype"]
         try:
-            backend = resolve_backend(str(pretrained), backend)
+            backend = resolve_backend(pretrained, a["backend"])
         except ValueError as err:
             raise EvalError(f"model arg backend: {err}") from None
         if backend == "megatron":
             from sedd_megatron.runtime.distributed import world_layout
 
-            if world_layout() != (tp, pp):
+            if world_layout() != (a["tp"], a["pp"]):
                 raise EvalError(
-                    f"model args tp={tp}, pp={pp} need the Megatron world that "
+                    f"model args tp={a['tp']}, pp={a['pp']} need the Megatron world that "
                     f"tools/lm_eval_sedd.py starts (this one: {world_layout()})"
                 )
             if dtype != "float32":
                 raise EvalError("model arg dtype: the Megatron backend evaluates in float32")
-        it = None if iteration in (None, "") else _as_int("iteration", iteration, 0)
-        self.model = open_model(str(pretrained), backend, iteration=it)
+        self.model = open_model(pretrained, backend, iteration=a["iteration"])
         if backend == "plain" and dtype != "float32":
             self.model.model.to(DTYPES[dtype])
-        self.tokenizer = self._tokenizer(tokenizer)
+        self.tokenizer = self._tokenizer(a["tokenizer"])
         self.info = {
-            "pretrained": str(pretrained),
+            "pretrained": pretrained,
             "backend": backend,
-            "design": design,
+            "design": self.design,
             "num_t_samples": self.num_t_samples,
+            "tail_samples": self.tail_samples,
             "seed": self.seed,
+            "batch_size": self.batch_size,
             "dtype": dtype,
             "steps": self.steps,
             "seq_length": self.model.seq_length,
         }
-        self.bounds: list[dict] = []  # every loglikelihood's interval, in request order
+        self.bounds: list[dict] = []  # every request's bound, in the order of the calls
 
     def _tokenizer(self, name):
         if name is None:
@@ -242,7 +286,7 @@ class SEDDLM(LM):
         out = []
         for req, bound, g in zip(requests, bounds, greedy, strict=True):
             s = bound.summary(self.level)
-            self.bounds.append(s)
+            self.bounds.append({"request": "loglikelihood", **s})
             out.append((float(s["loglikelihood"]), bool(g)))
             self.cache_hook.add_partial("loglikelihood", req.args, out[-1])
         return out
@@ -298,7 +342,7 @@ class SEDDLM(LM):
         for k, req in enumerate(requests):
             mine = [b for b, o in zip(bounds, owner, strict=True) if o == k]
             s = total_bound(mine, self.level)
-            self.bounds.append({**s, "windows": len(mine)})
+            self.bounds.append({"request": "loglikelihood_rolling", **s, "windows": len(mine)})
             out.append(float(s["loglikelihood"]))
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, out[-1])
         return out
@@ -321,7 +365,9 @@ class SEDDLM(LM):
         for start in range(0, len(jobs), self.batch_size):
             chunk = list(range(start, min(start + self.batch_size, len(jobs))))
             conds = [
-                Condition(torch.arange(len(jobs[i][0])), torch.tensor(jobs[i][0], dtype=torch.int64))
+                Condition(
+                    torch.arange(len(jobs[i][0])), torch.tensor(jobs[i][0], dtype=torch.int64)
+                )
                 for i in chunk
             ]
             x = sampler.sample(conds, chunk, self.seed).cpu()

@@ -16,7 +16,6 @@ Examples:
 """
 
 import contextlib
-import os
 import sys
 
 from sedd_megatron.console import quiet_third_party
@@ -29,7 +28,9 @@ PROG = "lm_eval_sedd.py"
 
 
 def model_args(argv: list[str]) -> dict:
-    """The key=value pairs of --model_args (as lm_eval splits them)."""
+    """The key=value pairs of --model_args, typed as lm_eval types them."""
+    from lm_eval.utils import simple_parse_args_string
+
     for i, arg in enumerate(argv):
         if arg == "--model_args" and i + 1 < len(argv):
             text = argv[i + 1]
@@ -41,7 +42,7 @@ def model_args(argv: list[str]) -> dict:
         bad = [p for p in pairs if "=" not in p]
         if bad:
             raise EvalError(f"--model_args: expected key=value, got {bad[0]!r}")
-        return dict(p.split("=", 1) for p in pairs)
+        return simple_parse_args_string(text)
     return {}
 
 
@@ -56,29 +57,17 @@ def check_model(argv: list[str]) -> None:
 
 def _main(argv: list[str]) -> int:
     check_model(argv)
-    args = model_args(argv)
-    megatron = False
-    if args.get("pretrained"):
-        from sedd_megatron.checkpoint.opener import resolve_backend  # lazy: torch
+    from sedd_megatron.lm_harness import check_model_args, register  # lazy: torch, lm_eval
 
-        if not os.path.exists(args["pretrained"]):
-            raise EvalError(f"model arg pretrained: not found: {args['pretrained']}")
-        try:
-            megatron = resolve_backend(args["pretrained"], args.get("backend", "auto")) == "megatron"
-        except ValueError as err:
-            raise EvalError(f"model arg backend: {err}") from None
+    settings = check_model_args(**model_args(argv))  # bad model args fail before any task loads
+    from sedd_megatron.checkpoint.opener import resolve_backend
+
     world = None
-    if megatron:
+    if resolve_backend(settings["pretrained"], settings["backend"]) == "megatron":
         from sedd_megatron import runtime
 
-        try:
-            tp, pp = int(args.get("tp", 1)), int(args.get("pp", 1))
-        except ValueError:
-            raise EvalError("model args tp and pp must be integers") from None
-        world = runtime.world(tp, pp, seed=int(args.get("seed", 0) or 0))
+        world = runtime.world(settings["tp"], settings["pp"], seed=settings["seed"])
     from lm_eval.__main__ import cli_evaluate
-
-    from sedd_megatron.lm_harness import register
 
     register()
     with world or contextlib.nullcontext():

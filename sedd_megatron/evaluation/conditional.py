@@ -68,7 +68,9 @@ class ConditionalBound:
             "tail_nats": None if self.tail is None else self.tail.estimate,
             "context_tokens": self.context_length,
             "continuation_tokens": self.continuation_length,
-            "evaluations": int(self.main.loss.size + (0 if self.tail is None else self.tail.loss.size)),
+            "evaluations": int(
+                self.main.loss.size + (0 if self.tail is None else self.tail.loss.size)
+            ),
         }
 
 

@@ -60,7 +60,12 @@ def test_conditional_bound_matches_enumeration(graph_name, noise_name, design, w
     cases = [(clean[5], 1), (clean[17], 2), (clean[22], 0)]
     requests = [(x0[:c].tolist(), x0[c:].tolist()) for x0, c in cases]
     bounds = evaluate_conditional(
-        scorer, requests, design=design, num_t_samples=1000, tail_samples=100, seed=0,
+        scorer,
+        requests,
+        design=design,
+        num_t_samples=1000,
+        tail_samples=100,
+        seed=0,
         batch_size=512,
     )
     truths = [exact_conditional(scorer, x0, c) for x0, c in cases]
@@ -83,12 +88,13 @@ def test_empty_context_is_the_unconditional_bound(model, design):
     args = dict(design=design, num_t_samples=8, seed=3, batch_size=6, tail_samples=4)
     ref = evaluate_elbo(scorer, blocks, progress=False, **args)
     got = evaluate_conditional(scorer, [([], b.tolist()) for b in blocks], **args)
-    for a, b, ta, tb in zip(ref.blocks, [g.main for g in got], ref.tail, [g.tail for g in got]):
-        for x, y in ((a, b), (ta, tb)):
-            np.testing.assert_array_equal(x.t, y.t)
-            np.testing.assert_array_equal(x.weight, y.weight)
-            np.testing.assert_array_equal(x.count, y.count)
-            np.testing.assert_array_equal(x.loss, y.loss)
+    pairs = [(r, g.main) for r, g in zip(ref.blocks, got, strict=True)]
+    pairs += [(r, g.tail) for r, g in zip(ref.tail, got, strict=True)]
+    for x, y in pairs:
+        np.testing.assert_array_equal(x.t, y.t)
+        np.testing.assert_array_equal(x.weight, y.weight)
+        np.testing.assert_array_equal(x.count, y.count)
+        np.testing.assert_array_equal(x.loss, y.loss)
     complete = ref.summary()["complete"]["nats_per_token"] * blocks.numel()
     ours = -total_bound(got)["loglikelihood"]
     assert ours == pytest.approx(complete, rel=1e-12)
