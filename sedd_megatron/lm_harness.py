@@ -183,7 +183,7 @@ class SEDDLM(LM):
         except ValueError as err:
             raise EvalError(f"model arg backend: {err}") from None
         if backend == "megatron":
-            from sedd_megatron.runtime.distributed import world_layout
+            from sedd_megatron.runtime.distributed import world_layout  # lazy: imports Megatron
 
             if world_layout() != (a["tp"], a["pp"]):
                 raise EvalError(
@@ -217,7 +217,7 @@ class SEDDLM(LM):
             raise EvalError(f"model arg tokenizer must be one of {', '.join(TOKENIZERS)}")
         if name == "ids":
             return IdsTokenizer()
-        from sedd_megatron.datasets.tokenizers import build_tokenizer
+        from sedd_megatron.datasets.tokenizers import build_tokenizer  # lazy: only for gpt2
 
         if self.model.num_tokens < 50257:
             raise EvalError(

@@ -60,11 +60,11 @@ def _main(argv: list[str]) -> int:
     from sedd_megatron.lm_harness import check_model_args, register  # lazy: torch, lm_eval
 
     settings = check_model_args(**model_args(argv))  # bad model args fail before any task loads
-    from sedd_megatron.checkpoint.opener import resolve_backend
+    from sedd_megatron.checkpoint.opener import resolve_backend  # lazy: torch, after the checks
 
     world = None
     if resolve_backend(settings["pretrained"], settings["backend"]) == "megatron":
-        from sedd_megatron import runtime
+        from sedd_megatron import runtime  # lazy: Megatron, only for its backend
 
         world = runtime.world(settings["tp"], settings["pp"], seed=settings["seed"])
     from lm_eval.__main__ import cli_evaluate

@@ -97,7 +97,8 @@ def test_cli_on_a_trained_model(tmp_path, progression_models):
     assert all(b["windows"] == 3 for b in results["config"]["sedd"]["bounds"] if "windows" in b)
 
 
-def evaluate(model_dir, tasks, **model_args):
+def evaluate(model_dir, tasks, limit=None, log_samples=False, **model_args):
+    """lm-eval's simple_evaluate in this process on the local tasks only (no task index)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -105,7 +106,10 @@ def evaluate(model_dir, tasks, **model_args):
 
     lm = SEDDLM(pretrained=str(model_dir), **model_args)
     manager = TaskManager(include_path=str(TASKS), include_defaults=False)
-    return lm, simple_evaluate(model=lm, tasks=tasks, task_manager=manager)
+    results = simple_evaluate(
+        model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples
+    )
+    return lm, results
 
 
 def test_untrained_model_does_not_rank(progression_models, monkeypatch):
@@ -208,3 +212,37 @@ def test_generate_until_stops_at_the_stop_string():
     # an empty context: max_gen_toks tokens from the unconditional sampler
     (none,) = lm.generate_until([Req("", {"until": [], "max_gen_toks": 5})])
     assert len(none.split()) == 5
+
+
+@pytest.mark.distributed
+def test_cli_at_tp2_matches_the_plain_backend(tmp_path, monkeypatch):
+    """torchrun, 2 ranks, TP=2: every rank makes the same calls, one results file, the same
+    bounds as the plain model (same draws; rounding only) and the same generations."""
+    from tests.launch import free_port
+
+    out = tmp_path / "tp2"
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [
+        str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()),
+        str(REPO / "tools" / "lm_eval_sedd.py"), "--model", "sedd",
+        "--model_args", f"pretrained={CONFORMANCE},tp=2,num_t_samples=10,steps=4",
+        "--tasks", "sedd_ids_mc,sedd_ids_gen", "--include_path", str(TASKS), "--limit", "2",
+        "--batch_size", "64", "--output_path", str(out), "--log_samples",
+    ]  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results, samples = read_outputs(out)
+    assert results["config"]["sedd"]["backend"] == "megatron"
+
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(REPO)
+    lm, plain = evaluate(
+        CONFORMANCE, ["sedd_ids_mc", "sedd_ids_gen"], num_t_samples=10, steps=4, batch_size=64,
+        limit=2, log_samples=True,
+    )  # fmt: skip
+    ours = [b["loglikelihood"] for b in results["config"]["sedd"]["bounds"]]
+    assert ours == pytest.approx([b["loglikelihood"] for b in lm.bounds], rel=1e-6)
+    gen = [s["resps"] for s in samples["sedd_ids_gen"]]
+    assert gen == [s["resps"] for s in plain["samples"]["sedd_ids_gen"]]
