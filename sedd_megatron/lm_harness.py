@@ -20,6 +20,7 @@ LOCAL_RANK 0 write the results).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -193,8 +194,7 @@ class SEDDLM(LM):
             if dtype != "float32":
                 raise EvalError("model arg dtype: the Megatron backend evaluates in float32")
         self.model = open_model(pretrained, backend, iteration=a["iteration"])
-        if backend == "plain" and dtype != "float32":
-            self.model.model.to(DTYPES[dtype])
+        self.dtype = DTYPES[dtype]  # plain: autocast around every model call (float32: none)
         self.tokenizer = self._tokenizer(a["tokenizer"])
         self.info = {
             "pretrained": pretrained,
@@ -279,7 +279,16 @@ class SEDDLM(LM):
             tail_samples=self.tail_samples,
         )
 
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.dtype)
+
     def loglikelihood(self, requests, disable_tqdm: bool = False):
+        with self._autocast():
+            return self._loglikelihood(requests)
+
+    def _loglikelihood(self, requests):
         pairs = [self._split(*req.args) for req in requests]
         bounds = self._bounds(pairs)
         greedy = self._greedy(pairs)
@@ -332,6 +341,10 @@ class SEDDLM(LM):
         return [([], ids[i : i + n]) for i in range(0, len(ids), n)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        with self._autocast():
+            return self._loglikelihood_rolling(requests)
+
+    def _loglikelihood_rolling(self, requests):
         windows, owner = [], []
         for k, req in enumerate(requests):
             for w in self._windows(req.args[0]):
@@ -348,6 +361,10 @@ class SEDDLM(LM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False):
+        with self._autocast():
+            return self._generate_until(requests)
+
+    def _generate_until(self, requests):
         n = self.model.seq_length
         sampler = Sampler(self.model, self.options)
         jobs = []

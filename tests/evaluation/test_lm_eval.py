@@ -246,3 +246,22 @@ def test_cli_at_tp2_matches_the_plain_backend(tmp_path, monkeypatch):
     assert ours == pytest.approx([b["loglikelihood"] for b in lm.bounds], rel=1e-6)
     gen = [s["resps"] for s in samples["sedd_ids_gen"]]
     assert gen == [s["resps"] for s in plain["samples"]["sedd_ids_gen"]]
+
+
+def test_bfloat16_runs_under_autocast():
+    """dtype=bfloat16 (plain backend): the same draws in lower precision, a nearby bound."""
+    from sedd_megatron.lm_harness import SEDDLM
+
+    class Req:
+        def __init__(self, *args):
+            self.args = args
+
+    reqs = [Req("1 2 3", " 4 5"), Req("7", " 8 9 10")]
+    out = {
+        dtype: SEDDLM(pretrained=str(CONFORMANCE), dtype=dtype, num_t_samples=10).loglikelihood(
+            reqs
+        )
+        for dtype in ("float32", "bfloat16")
+    }
+    for (a, _), (b, _) in zip(out["float32"], out["bfloat16"], strict=True):
+        assert a != b and b == pytest.approx(a, rel=1e-2)
