@@ -404,9 +404,5 @@ def register() -> None:
     """Add ``sedd`` to lm-eval's model registry (idempotent)."""
     from lm_eval.api.registry import model_registry
 
-    try:
-        if "sedd" in model_registry:
-            return
-    except TypeError:
-        pass
-    register_model("sedd")(SEDDLM)
+    if "sedd" not in model_registry:
+        register_model("sedd")(SEDDLM)
