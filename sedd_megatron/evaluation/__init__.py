@@ -1,6 +1,6 @@
 """Evaluation of SEDD models: likelihood bounds (ELBO, perplexity bound with confidence
-intervals, variance-reduced t-designs) and sample quality (generative perplexity under a local
-causal LM, unigram entropy, MAUVE).
+intervals, variance-reduced t-designs, the conditional bound of a continuation given a context)
+and sample quality (generative perplexity under a local causal LM, unigram entropy, MAUVE).
 
 Importing this package imports neither torch, Megatron nor transformers: the names below
 load their module on first use (:mod:`.settings`, the checks of settings, is loaded at once).
@@ -15,6 +15,8 @@ _LAZY = {  # these modules import torch (or matplotlib/transformers on use)
     "ar_summary": "autoregressive",
     "block_nlls": "autoregressive",
     "evaluate_ar": "autoregressive",
+    "ConditionalBound": "conditional",
+    "evaluate_conditional": "conditional",
     "EvalData": "data",
     "iter_documents": "data",
     "load_eval_data": "data",
@@ -57,6 +59,7 @@ __all__ = [
     "evaluate_ar",
     "BlockDraws",
     "CausalLM",
+    "ConditionalBound",
     "CountImportanceDesign",
     "DESIGNS",
     "ElboResult",
@@ -74,6 +77,7 @@ __all__ = [
     "elbo_report",
     "elbo_summary",
     "evaluate_blocks",
+    "evaluate_conditional",
     "evaluate_draws",
     "evaluate_elbo",
     "gather_blocks",

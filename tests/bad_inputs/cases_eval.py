@@ -14,6 +14,11 @@ from tests.bad_inputs import Case, make_dir, write
 
 ELBO = "tools/eval_elbo_sedd.py"
 GEN_PPL = "tools/eval_gen_ppl.py"
+LM_EVAL = "tools/lm_eval_sedd.py"
+
+
+def lm_eval(model_args: str, *args: str) -> tuple[str, ...]:
+    return (LM_EVAL, "--model", "sedd", "--model_args", model_args, "--tasks", "x", *args)
 
 
 def elbo(*args: str, load: str = "{plain}") -> tuple[str, ...]:
@@ -113,4 +118,12 @@ CASES = [
          setup=samples('{"text": "a b", "tokens": [1, -2]}\n')),
     Case("gen-ppl: --plot without sampling steps", gen_ppl("--plot", "{tmp}/p.png"),
          r"no samples file records its steps", setup=samples('{"text": "a b"}\n')),
+    Case("lm-eval: model args without pretrained", lm_eval("num_t_samples=10"),
+         r"model arg pretrained=DIR is required"),
+    Case("lm-eval: unknown model arg", lm_eval("pretrained={plain},temperature=0.5"),
+         r"unknown model arg\(s\) for sedd: temperature"),
+    Case("lm-eval: num_t_samples 1", lm_eval("pretrained={plain},num_t_samples=1"),
+         r"model arg num_t_samples must be >= 2, got 1"),
+    Case("lm-eval: another model", (LM_EVAL, "--model", "hf", "--tasks", "x"),
+         r"--model must be sedd, got 'hf'"),
 ]  # fmt: skip

@@ -65,3 +65,14 @@ def test_checkpoint_checksums_prints_the_ratio(tmp_path):
         assert re.search(rf"^{name}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), out
     assert re.search(r"^ratio hash/save \(worst\): [\d.]+ \(target <= 0\.05\)$", out, re.M), out
     assert list(tmp_path.iterdir()) == []  # its checkpoints are removed
+
+
+def test_lm_eval_benchmark_prints_cost_of_an_example():
+    pytest.importorskip("lm_eval")
+    args = ["--num-t-samples", "4", "--examples", "1"]
+    out = run_python(BENCHMARKS / "bench_lm_eval.py", args, timeout=120).stdout
+    # 4 choices x (4 t-samples + 2 tail samples + 1 is_greedy) evaluations
+    assert re.search(
+        r"^one 4-choice example: [\d.]+ s, 28 model evaluations \(\d+ evaluations/s", out, re.M
+    ), out
+    assert "command: python " in out and "bench_lm_eval.py" in out
