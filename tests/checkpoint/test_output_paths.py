@@ -1,7 +1,7 @@
 """Output directories of the conversions: checked before any work, published whole or not at
 all."""
 
-import importlib.util
+import importlib
 import os
 import sys
 
@@ -68,10 +68,7 @@ def test_missing_parents_are_created_only_when_publishing(tmp_path):
 
 
 def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_tool", CONVERT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("sedd_megatron.cli.convert")
 
 
 def test_relaunch_reports_the_ranks_error_line_not_torchrun_traceback(capsys, monkeypatch):
