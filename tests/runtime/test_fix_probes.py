@@ -74,3 +74,13 @@ def test_the_safety_fix_refuses_loading_when_torch_reads_differently(monkeypatch
     assert line.startswith("sedd-megatron upstream fix (h) safe_checkpoint_reads does not fit ")
     assert "no longer reads with pickle.load" in line and "refusing to load" in line
     assert filesystem.FileSystemReader.read_metadata is read_metadata  # nothing half-applied
+
+
+def test_cpu_training_patch_names_a_moved_module_instead_of_skipping(monkeypatch):
+    import sys
+
+    from sedd_megatron.runtime import _megatron_cpu
+
+    monkeypatch.setitem(sys.modules, "megatron.training.utils.common_utils", None)  # ImportError
+    with pytest.raises(_megatron_cpu.CpuPatchError, match="training patch does not fit megatron"):
+        _megatron_cpu._patch_training()
