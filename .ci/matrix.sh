@@ -38,7 +38,7 @@ retry() { "$@" || { echo "matrix: retrying once: $*" >&2; sleep 10; "$@"; }; }
 
 python_312() {
     local c
-    for c in "${PYTHON:-}" python3.12 "$root/.venv/bin/python"; do
+    for c in "${PYTHON:-}" "$root/.venv/bin/python" python3.12; do
         [ -n "$c" ] || continue
         if "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
             "$c" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))'
@@ -50,7 +50,8 @@ python_312() {
 }
 
 run_corner() {
-    local name="$1" torch="$2" mcore="$3" extra="$4" t0 venv pins
+    # called as `run_corner ... || ...`, where set -e is off: every step checks its status
+    local name="$1" torch="$2" mcore="$3" extra="$4" t0 venv pins py
     t0=$(date +%s)
     venv="$MATRIX_DIR/$name"
     pins="$MATRIX_DIR/$name.constraints.txt"
@@ -63,14 +64,17 @@ run_corner() {
     want="$(cat "$pins" setup.py | sha256sum | cut -d' ' -f1)"
     if [ ! -f "$venv/.matrix-$want" ]; then
         rm -rf "$venv"
-        "$(python_312)" -m venv "$venv"
-        retry "$venv/bin/python" -m pip install --quiet --upgrade pip
-        retry "$venv/bin/python" -m pip install --quiet -c "$pins" "torch==$torch" "megatron-core==$mcore" ".[test,corpus,eval]"
+        py="$(python_312)" || return 1
+        "$py" -m venv "$venv" || return 1
+        retry "$venv/bin/python" -m pip install --quiet --upgrade pip || return 1
+        retry "$venv/bin/python" -m pip install --quiet -c "$pins" "torch==$torch" \
+            "megatron-core==$mcore" ".[test,corpus,eval]" || return 1
         touch "$venv/.matrix-$want"
     fi
     local versions
-    versions="$("$venv/bin/python" -c 'import torch, numpy; from importlib.metadata import version as v
-print(f"torch {torch.__version__}, megatron-core {v(\"megatron-core\")}, numpy {numpy.__version__}")')"
+    versions="$("$venv/bin/python" -c "import torch, numpy; from importlib.metadata import version
+print('torch', torch.__version__ + ', megatron-core', version('megatron-core') + ', numpy', numpy.__version__)")" \
+        || return 1
     echo "matrix: corner $name ($versions): environment ready in $(( $(date +%s) - t0 )) s"
     local rc=0
     "$venv/bin/python" -m pytest -q -p no:cacheprovider -k "$SUBSET_K" "${SUBSET[@]}" || rc=$?
