@@ -9,7 +9,6 @@ import pytest
 
 from sedd_megatron.checkpoint import world
 from sedd_megatron.errors import CheckpointError
-from tests.checkpoint.conftest import CONVERT
 
 
 def test_a_new_path_is_accepted_and_nothing_is_created(tmp_path):
