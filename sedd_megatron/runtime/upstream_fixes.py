@@ -1,4 +1,9 @@
-"""Fixes for upstream problems of megatron-core 0.19.2, applied on every device (CPU and GPU).
+"""Fixes for upstream problems of megatron-core 0.19.2 (and 0.18) and torch, on every device.
+
+Each fix is probed before it is applied (:data:`PROBES`, :func:`apply_upstream_fixes`): from the
+code and objects of the installed versions, never a version string, the probe says whether the
+defect is there (apply), absent (skip), or whether the internal it patches moved (one line naming
+the fix and the versions; for the safety fix (h) an error: nothing is loaded without it).
 
 Distributed optimizer with the torch Adam fallback. Without Apex or Transformer Engine,
 Megatron's ``DistributedOptimizer`` wraps ``torch.optim`` Adam/AdamW
