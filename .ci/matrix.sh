@@ -18,12 +18,13 @@ CORNERS=(
 )
 
 # The compatibility subset: model equivalence with the reference's recorded outputs at TP2 and
-# PP2; a two-process pretrain with an exact resume; the conversion round trip; generate and the
-# ELBO harness; the checkpoint-safety bad inputs; which upstream fix applies on this version.
+# PP2; a two-process (DP2, distributed optimizer) pretrain with an exact resume; the conversion
+# round trip; generate and the ELBO harness; the checkpoint-safety bad inputs; which upstream fix
+# applies on this version.
 SUBSET=(
     "tests/models/test_sedd_model.py::test_parallel_layout_matches_plain_twin_and_reference[tiny_absorb-tp2-False]"
     "tests/models/test_sedd_model.py::test_parallel_layout_matches_plain_twin_and_reference[tiny_absorb-pp2-False]"
-    "tests/training/test_resume.py::test_tp2_checkpoint_resumes_at_tp1"
+    "tests/runtime/test_distopt_resume.py"
     "tests/checkpoint/test_roundtrip.py::test_tp2_pp2_round_trip_is_bit_identical"
     "tests/sampling/test_megatron.py::test_megatron_tp1_conformance_and_samples"
     "tests/evaluation/test_elbo_cli.py::test_cli_end_to_end"
