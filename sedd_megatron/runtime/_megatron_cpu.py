@@ -95,16 +95,33 @@ def _patch_rng() -> None:
         mcore_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = False
 
 
+class CpuPatchError(RuntimeError):
+    """An internal the CPU runtime patches is not where it expects (another Megatron version)."""
+
+
 def _patch_training() -> None:
     try:
         import megatron.training
+    except ImportError:  # megatron.training is optional for megatron.core users
+        return
+    try:  # present but laid out differently: say so rather than skip the patch silently
         import megatron.training.arguments as arguments
         import megatron.training.initialize as initialize
         import megatron.training.training as training
         import megatron.training.utils as training_utils
         import megatron.training.utils.common_utils as common_utils
-    except ImportError:  # megatron.training is optional for megatron.core users
-        return
+
+        for module, name in ((initialize, "initialize_megatron"),) + tuple(
+            (m, "get_device_arch_version") for m in (arguments, training_utils, common_utils)
+        ):
+            getattr(module, name)
+    except (ImportError, AttributeError) as err:
+        from sedd_megatron.runtime.upstream_fixes import upstream_versions  # lazy: one message
+
+        raise CpuPatchError(
+            f"the CPU runtime's training patch does not fit {upstream_versions()}: {err} "
+            "(pretrain() on CPU needs it; tested versions: README, Install into your container)"
+        ) from None
     original = initialize.initialize_megatron
     if not getattr(original, "_sedd_cpu", False):
 

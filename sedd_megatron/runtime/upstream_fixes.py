@@ -1,4 +1,9 @@
-"""Fixes for upstream problems of megatron-core 0.19.2, applied on every device (CPU and GPU).
+"""Fixes for upstream problems of megatron-core 0.19.2 (and 0.18) and torch, on every device.
+
+Each fix is probed before it is applied (:data:`PROBES`, :func:`apply_upstream_fixes`): from the
+code and objects of the installed versions, never a version string, the probe says whether the
+defect is there (apply), absent (skip), or whether the internal it patches moved (one line naming
+the fix and the versions; for the safety fix (h) an error: nothing is loaded without it).
 
 Distributed optimizer with the torch Adam fallback. Without Apex or Transformer Engine,
 Megatron's ``DistributedOptimizer`` wraps ``torch.optim`` Adam/AdamW
@@ -73,6 +78,7 @@ import importlib
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -431,15 +437,195 @@ FIXES = {
 }
 
 
-def apply_upstream_fixes(fixes: Iterable[str] = tuple(FIXES)) -> None:
-    """Apply the fixes (idempotent), on CPU and GPU alike.
+# ---------------------------------------------------------------- where each fix applies
+class FixMoved(RuntimeError):
+    """The internal a fix patches is not where the fix expects it (another upstream version)."""
 
-    The optimizer fixes defer to Megatron's code unless the torch Adam fallback is in use.
-    Call before building the optimizer or loading a checkpoint. ``fixes`` selects a subset of
-    :data:`FIXES` (for regression tests); the default applies all.
+
+def _source(obj) -> str:
+    """The source of a function or method, unwrapped from our own patch; FixMoved if none."""
+    import inspect
+
+    obj = inspect.unwrap(obj, stop=lambda f: not getattr(f, _PATCHED_MARK, False))
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError) as err:
+        raise FixMoved(f"no source for {getattr(obj, '__qualname__', obj)}") from err
+
+
+def _attribute(owner, name: str, where: str):
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise FixMoved(f"{where}.{name} is gone") from None
+
+
+def _distributed_optimizer():
+    from megatron.core.optimizer import distrib_optimizer
+
+    return _attribute(distrib_optimizer, "DistributedOptimizer", "distrib_optimizer")
+
+
+def _needs_shared_step_fix() -> bool:
+    """(a): the loader assigns one ``step`` tensor to every parameter state."""
+    cls = _distributed_optimizer()
+    source = _source(_attribute(cls, "load_state_dict", "DistributedOptimizer"))
+    return re.search(r'\[\s*"step"\s*\]\s*=\s*step\s*$', source, re.M) is not None
+
+
+def _needs_empty_state_fix() -> bool:
+    """(b): ``state_dict()`` asserts one step over the (empty before a step) parameter states."""
+    source = _source(_attribute(_distributed_optimizer(), "state_dict", "DistributedOptimizer"))
+    return re.search(r'\["step"\]\.item\(\) for \w+ in [\w.\[\]"]*state', source) is not None
+
+
+def _needs_no_grad_loader_fix() -> bool:
+    """(c): the dp_reshardable loader copies into leaves that require grad, without no_grad."""
+    cls = _distributed_optimizer()
+    if not hasattr(cls, "load_parameter_state_from_dp_reshardable"):
+        return False  # no dp_reshardable format in this version: nothing to fix
+    source = _source(cls.load_parameter_state_from_dp_reshardable)
+    return "no_grad" not in source.split("def ", 1)[0]
+
+
+def _needs_dataset_helpers_fix() -> bool:
+    """(d): Megatron runs ``make`` at start-up; an installed wheel has no Makefile."""
+    import megatron.core.datasets as datasets
+    from megatron.core.datasets import utils
+
+    _attribute(utils, "compile_helpers", "megatron.core.datasets.utils")
+    directory = os.path.dirname(os.path.abspath(datasets.__file__))
+    return not os.path.isfile(os.path.join(directory, "Makefile"))
+
+
+def _needs_multi_tensor_fix() -> bool:
+    """(e): Megatron's local (per-parameter, host-syncing) multi-tensor fallbacks are in use."""
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads
+    from megatron.core.optimizer import optimizer as mcore_optimizer
+
+    local_norm = _attribute(utils, "local_multi_tensor_l2_norm", "megatron.core.utils")
+    local_scale = _attribute(utils, "local_multi_tensor_scale", "megatron.core.utils")
+    used = [_attribute(clip_grads, "l2_norm_impl", "clip_grads") is local_norm]
+    for module in (clip_grads, mcore_optimizer):
+        used.append(_attribute(module, "multi_tensor_scale_impl", module.__name__) is local_scale)
+    return any(used)
+
+
+def _needs_fused_adam_fix() -> bool:
+    """(f): Megatron falls back to torch Adam (built without ``fused=True``)."""
+    import megatron.core.optimizer as mcore_optim
+
+    where = "megatron.core.optimizer"
+    _attribute(mcore_optim, "_get_megatron_optimizer_based_on_param_groups", where)
+    return bool(_attribute(mcore_optim, "USING_PYTORCH_OPTIMIZER", where))
+
+
+def _needs_safe_reads_fix() -> bool:
+    """(h): torch still reads torch_dist metadata with ``pickle.load`` and item bytes with
+    ``torch.load``, in the methods the fix replaces, and Megatron's loaders are where expected."""
+    from megatron.core.dist_checkpointing import serialization
+    from megatron.core.dist_checkpointing.strategies import common
+    from megatron.training import checkpointing
+    from torch.distributed.checkpoint import _traverse, default_planner, filesystem, metadata
+
+    _attribute(_traverse, "set_element", "torch.distributed.checkpoint._traverse")
+    _attribute(metadata, "StorageMeta", "torch.distributed.checkpoint.metadata")
+    read = _attribute(filesystem.FileSystemReader, "read_metadata", "FileSystemReader")
+    if not getattr(read, _PATCHED_MARK, False):  # ours already: it was probed when applied
+        source = _source(read)
+        if "pickle.load" not in source or "load_id" not in source:
+            raise FixMoved("FileSystemReader.read_metadata no longer reads with pickle.load")
+    load = _attribute(default_planner.DefaultLoadPlanner, "load_bytes", "DefaultLoadPlanner")
+    if not getattr(load, _PATCHED_MARK, False):
+        source = _source(load)
+        if "torch.load" not in source or "flatten_state_dict" not in source:
+            raise FixMoved("DefaultLoadPlanner.load_bytes no longer reads with torch.load")
+    for module in (common, serialization):
+        _attribute(module, "load_common", module.__name__)
+    for name in ("read_metadata", "_load_base_checkpoint"):
+        _attribute(checkpointing, name, "megatron.training.checkpointing")
+    return True
+
+
+#: name -> (letter in the module docstring, probe, safety fix). A probe returns whether the
+#: defect exists here, judged from the code and objects (never a version string), and raises
+#: FixMoved when the internal the fix patches is not where it expects.
+PROBES = {
+    "shared_step": ("a", _needs_shared_step_fix, False),
+    "empty_state": ("b", _needs_empty_state_fix, False),
+    "no_grad_loader": ("c", _needs_no_grad_loader_fix, False),
+    "dataset_helpers": ("d", _needs_dataset_helpers_fix, False),
+    "multi_tensor_ops": ("e", _needs_multi_tensor_fix, False),
+    "fused_adam": ("f", _needs_fused_adam_fix, False),
+    "safe_checkpoint_reads": ("h", _needs_safe_reads_fix, True),
+}
+
+#: What :func:`apply_upstream_fixes` did with each fix in this process: "applied", "not needed"
+#: (the probe found no defect) or "unavailable" (the internal moved).
+FIX_STATUS: dict[str, str] = {}
+
+
+def upstream_versions() -> str:
+    """``megatron-core X, torch Y`` as installed (for messages only; no probe uses it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mcore = version("megatron-core")
+    except PackageNotFoundError:
+        mcore = "?"
+    return f"megatron-core {mcore}, torch {torch.__version__}"
+
+
+def fix_moved_message(name: str, reason: str) -> str:
+    """The one line a user gets when fix ``name`` cannot be applied."""
+    letter, _, safety = PROBES[name]
+    consequence = (
+        "refusing to load checkpoints without it (they could run code)"
+        if safety
+        else "skipped, so what it repairs may misbehave"
+    )
+    return (
+        f"sedd-megatron upstream fix ({letter}) {name} does not fit {upstream_versions()}: "
+        f"{reason}; {consequence} (tested versions: README, Install into your container)"
+    )
+
+
+def probe_fix(name: str) -> bool:
+    """Whether fix ``name``'s defect exists here; raises FixMoved if its internal moved."""
+    return PROBES[name][1]()
+
+
+def apply_upstream_fixes(fixes: Iterable[str] = tuple(FIXES)) -> None:
+    """Apply the fixes whose defect exists here (idempotent), on CPU and GPU alike.
+
+    Each fix is probed first (:func:`probe_fix`) and applied only where its defect exists; the
+    optimizer fixes also defer to Megatron's code unless the torch Adam fallback is in use. A
+    fix whose internal moved prints one line naming it and the versions and is skipped; the
+    safety fix (h) raises ``CheckpointError`` with that line instead, so nothing is loaded
+    without it. Call before building the optimizer or loading a checkpoint. ``fixes`` selects a
+    subset of :data:`FIXES` (for regression tests); the default applies all.
     """
     for name in fixes:
-        FIXES[name]()
+        try:
+            needed = probe_fix(name)
+        except FixMoved as moved:
+            FIX_STATUS[name] = "unavailable"
+            line = fix_moved_message(name, str(moved))
+            if PROBES[name][2]:
+                from sedd_megatron.errors import CheckpointError  # lazy: keeps this module light
+
+                raise CheckpointError(line) from None
+            if name not in _TOLD:
+                _TOLD.add(name)
+                print(line, file=sys.stderr, flush=True)
+            continue
+        if needed:
+            FIXES[name]()
+        FIX_STATUS[name] = "applied" if needed else "not needed"
+
+
+_TOLD: set[str] = set()
 
 
 # ------------------------------------------------------------- (g) '%' in inherited help text

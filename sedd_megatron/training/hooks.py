@@ -135,6 +135,35 @@ def _tracker_write(path: str):
     atomic_write_text(path, text, fsync=True)
 
 
+def _atomic_tracker_open(inner):
+    """``open_file`` (megatron-core 0.18) with atomic writes of the tracker file."""
+
+    @functools.wraps(inner)
+    def open_file(path, mode="r", *args, **kwargs):
+        local = "://" not in str(path)
+        if mode == "w" and local and os.path.basename(str(path)) == TRACKER_NAME:
+            return _tracker_write(str(path))  # Megatron writes it in a with block
+        return inner(path, mode, *args, **kwargs)
+
+    return open_file
+
+
+def _install_atomic_tracker(mc) -> None:
+    """Atomic tracker writes wherever this Megatron opens the tracker: ``maybe_msc.open``
+    (megatron-core 0.19) or ``open_file`` (0.18); one clear error if neither is there."""
+    if hasattr(mc, "maybe_msc"):
+        mc.maybe_msc = _AtomicTrackerStorage(mc.maybe_msc)
+    elif hasattr(mc, "open_file"):
+        mc.open_file = _atomic_tracker_open(mc.open_file)
+    else:
+        from sedd_megatron.runtime.upstream_fixes import upstream_versions  # lazy: a message
+
+        raise RuntimeError(
+            f"atomic checkpoint tracker writes do not fit {upstream_versions()}: "
+            "megatron.training.checkpointing has neither maybe_msc nor open_file"
+        )
+
+
 def install_training_hooks() -> None:
     """Wrap megatron.training.training's setup_model_and_optimizer and evaluate (idempotent)."""
     if _INSTALLED["done"]:
@@ -143,7 +172,7 @@ def install_training_hooks() -> None:
     from megatron.training import get_args
     from megatron.training import training as mt
 
-    mc.maybe_msc = _AtomicTrackerStorage(mc.maybe_msc)
+    _install_atomic_tracker(mc)
     _wrap_scheduler_check()
 
     original_setup = mt.setup_model_and_optimizer

@@ -232,11 +232,11 @@ def run_training(script: str, argv, step_functions, after=None, extra_checks=Non
     install_training_hooks()
     model_provider, forward_step = step_functions(args)
     try:
-        pretrain(
+        pretrain(  # by keyword: megatron-core 0.18 and 0.19 order these differently
             pretrain_cfg_container_from_args(args),
-            train_valid_test_datasets_provider,
-            ModelType.encoder_or_decoder,
-            forward_step,
+            train_valid_test_dataset_provider=train_valid_test_datasets_provider,
+            model_type=ModelType.encoder_or_decoder,
+            forward_step_func=forward_step,
             model_provider=model_provider,
         )
         summary = summarize(args)

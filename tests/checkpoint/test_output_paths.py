@@ -1,7 +1,7 @@
 """Output directories of the conversions: checked before any work, published whole or not at
 all."""
 
-import importlib.util
+import importlib
 import os
 import sys
 
@@ -9,7 +9,6 @@ import pytest
 
 from sedd_megatron.checkpoint import world
 from sedd_megatron.errors import CheckpointError
-from tests.checkpoint.conftest import CONVERT
 
 
 def test_a_new_path_is_accepted_and_nothing_is_created(tmp_path):
@@ -68,10 +67,7 @@ def test_missing_parents_are_created_only_when_publishing(tmp_path):
 
 
 def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_tool", CONVERT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("sedd_megatron.cli.convert")
 
 
 def test_relaunch_reports_the_ranks_error_line_not_torchrun_traceback(capsys, monkeypatch):

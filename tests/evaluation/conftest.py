@@ -10,8 +10,14 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: The tools whose program lives in the package (tools/<name>.py only calls its main).
+CLI_MODULES = {"eval_elbo_sedd": "sedd_megatron.cli.eval_elbo"}
+
+
 def load_tool(name: str):
-    """Import tools/<name>.py as a module (the CLIs are scripts, not package modules)."""
+    """The module with the program of tools/<name>.py (the package's, else the script's)."""
+    if name in CLI_MODULES:
+        return importlib.import_module(CLI_MODULES[name])
     spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
