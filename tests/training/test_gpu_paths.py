@@ -26,16 +26,18 @@ KERNELS_ON = {"SEDD_TRITON_ON_CPU": "1", "SEDD_FUSED_ADAM_ON_CPU": "1"}
 ITERS = 4
 RESUME_AT = 2
 
-# The issue's reproduction at tiny size: the CPU config with a 512-token vocabulary, four
-# layers (so that a virtual pipeline has two chunks per stage) and dropout off, so that the
-# fused and unfused runs draw nothing differently (the kernels' dropout masks come from
-# Philox, the torch code's from torch's generator).
+# The CPU config at the smallest sizes that still exercise every path: two layers (four for the
+# virtual pipeline), sequence 16, one sequence per micro-batch and two micro-batches per step, a
+# 512-token vocabulary (the interpreter runs each kernel program in Python, so its cost grows
+# with rows and columns), and dropout off, so that the fused and unfused runs draw nothing
+# differently (the kernels' dropout masks come from Philox, the torch code's from torch's
+# generator).
 BASE = [
     "--config", str(REPO_ROOT / "configs" / "sedd_tiny_cpu.yaml"), "--mock-data",
-    "--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
-    "--ffn-hidden-size", "256", "--sedd-cond-dim", "32", "--seq-length", "32",
-    "--max-position-embeddings", "32", "--vocab-size", "512", "--micro-batch-size", "2",
-    "--global-batch-size", "4", "--lr-warmup-iters", "1", "--eval-iters", "0",
+    "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+    "--ffn-hidden-size", "256", "--sedd-cond-dim", "32", "--seq-length", "16",
+    "--max-position-embeddings", "16", "--vocab-size", "512", "--micro-batch-size", "1",
+    "--global-batch-size", "2", "--lr-warmup-iters", "1", "--eval-iters", "0",
     "--train-iters", str(ITERS), "--log-interval", "1", "--hidden-dropout", "0.0",
     "--attention-dropout", "0.0",
 ]  # fmt: skip
@@ -46,8 +48,8 @@ CASES = {
     # deallocate_output_tensor refuses to free.
     "pp2": (["--pipeline-model-parallel-size", "2"], 2, 1e-4),
     "pp2-virtual-selective-recompute": (
-        ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1",
-         "--recompute-granularity", "selective"],
+        ["--num-layers", "4", "--pipeline-model-parallel-size", "2",
+         "--num-layers-per-virtual-pipeline-stage", "1", "--recompute-granularity", "selective"],
         2,
         1e-4,
     ),
@@ -69,7 +71,7 @@ CASES = {
     "cp2-bf16": (["--context-parallel-size", "2", "--bf16"], 2, 2e-2),
     "dp2-distopt-overlap-fp16": (
         ["--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
-         "--fp16", "--initial-loss-scale", "4096"],
+         "--fp16", "--initial-loss-scale", "128"],
         2,
         2e-2,
     ),
@@ -103,5 +105,7 @@ def test_fused_run_matches_unfused_and_resumes_exactly(case, tmp_path):
         assert resumed[i]["grad_norm"] == fused[i]["grad_norm"], f"iteration {i}: grad norm"
     for i in range(1, ITERS + 1):
         assert math.isfinite(fused[i]["loss"]), f"iteration {i}: loss {fused[i]['loss']}"
+        for run in (fused, unfused):  # no step skipped by the fp16 loss scaler
+            assert run[i]["update_successful"] and run[i]["grad_norm"] is not None, run[i]
         for key in ("loss", "grad_norm"):
             assert fused[i][key] == pytest.approx(unfused[i][key], rel=rel), f"iteration {i}: {key}"
