@@ -71,9 +71,11 @@ def test_missing_manifest_is_one_note_per_directory(folder, capsys):
     assert len(err) == 1 and "has no sedd_checksums.json" in err[0] and str(folder) in err[0]
 
 
-def test_save_pretrained_writes_a_manifest_and_load_checks_it(tmp_path, capsys):
+def test_save_pretrained_writes_a_manifest_and_load_checks_it(tmp_path, capsys, monkeypatch):
     from sedd_megatron.checkpoint import open_model
     from sedd_megatron.plain import SEDD
+
+    monkeypatch.setattr(checksums, "_NOTED", set())  # the note is once per process: earlier tests
 
     model = SEDD.from_pretrained(CONFORMANCE_DIR / "tiny_absorb")  # published: no manifest
     assert "has no sedd_checksums.json" in capsys.readouterr().err

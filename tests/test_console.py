@@ -126,7 +126,7 @@ ENTRY_POINTS = {  # script -> a string its --help must show (its own options)
     "tools/generate_sedd.py": "--predictor",
     "tools/eval_elbo_sedd.py": "--num-t-samples",
     "tools/eval_gen_ppl.py": "--samples",
-    "tools/convert_checkpoint.py": "{export,import}",
+    "tools/convert_checkpoint.py": "{export,import,verify}",
     "tools/preprocess_data.py": "--output-prefix",
     "tools/build_corpus.py": "--max-train-bytes",
 }
@@ -212,6 +212,9 @@ def _interrupt(script: str, args: list[str], when: str, tmp=None) -> tuple[int, 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: give the child the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
