@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.designs import build_design, build_tail_design
 from sedd_megatron.evaluation.draws import TAIL_STREAM, BlockDraws, block_generator, perturb
-from sedd_megatron.evaluation.estimator import gather_blocks
+from sedd_megatron.evaluation.estimator import gather_blocks, run_full_batch
 from sedd_megatron.evaluation.settings import check_elbo_settings, default_tail_samples
 from sedd_megatron.evaluation.stats import SumEstimate, combine_replicates, scaled_sum
 from sedd_megatron.models.score_model import to_device
@@ -147,7 +147,7 @@ def _evaluate(model, items, ids, design_for, *, seed, stream, noise, batch_size,
             sl = slice(start, start + batch_size)
             queue.append((i, start, x0[sl], x_t[sl], mask[sl], sigma32[sl], dsigma[sl]))
             while sum(r[2].shape[0] for r in queue) >= batch_size:
-                queue[:] = _take(queue, batch_size, run)
+                queue[:] = run_full_batch(queue, batch_size, run)
     for length in sorted(pending):  # the same order on every rank
         if pending[length]:
             run(pending[length])
@@ -167,26 +167,6 @@ def _evaluate(model, items, ids, design_for, *, seed, stream, noise, batch_size,
             )
         )
     return out
-
-
-def _take(queue, batch_size, run):
-    """Run exactly batch_size rows from the front of ``queue``; return what is left."""
-    rows, left, n = [], [], 0
-    for r in queue:
-        size = r[2].shape[0]
-        if n >= batch_size:
-            left.append(r)
-        elif n + size <= batch_size:
-            rows.append(r)
-            n += size
-        else:
-            cut = batch_size - n
-            i, offset, *tensors = r
-            rows.append((i, offset, *(v[:cut] for v in tensors)))
-            left.append((i, offset + cut, *(v[cut:] for v in tensors)))
-            n = batch_size
-    run(rows)
-    return left
 
 
 def evaluate_conditional(

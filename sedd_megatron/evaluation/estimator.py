@@ -94,7 +94,7 @@ def evaluate_blocks(
                 (b, start, x0[start:stop], x_t[start:stop], sigma32[start:stop], dsigma[start:stop])
             )
             while sum(r[2].shape[0] for r in pending) >= batch_size:
-                pending = _run_full_batch(pending, batch_size, run)
+                pending = run_full_batch(pending, batch_size, run)
     if pending:
         run(pending)
     bar.close()
@@ -116,7 +116,7 @@ def evaluate_blocks(
     return out
 
 
-def _run_full_batch(pending, batch_size, run):
+def run_full_batch(pending, batch_size, run):
     """Run exactly batch_size rows from the front of ``pending``; return what is left."""
     rows, left, n = [], [], 0
     for r in pending:
