@@ -437,15 +437,11 @@ def parse_tracker(tracker: str | os.PathLike) -> tuple[int, bool]:
     return int(text), False
 
 
-def check_load_dir(load_dir: str | os.PathLike, iteration: int | None = None) -> Path | None:
-    """Preflight of a Megatron ``--load`` directory; returns the iteration directory Megatron
-    will read, or None when there is nothing to load (no tracker file and no ``iteration``:
-    Megatron then starts from scratch, the usual ``--load`` = ``--save`` pattern).
-
-    ``iteration`` (``--ckpt-step``) overrides the tracker's iteration, as in Megatron. Raises
-    CheckpointError for an unreadable tracker, a missing iteration directory, unsafe or corrupt
-    metadata, missing or truncated shards and unreadable legacy (``--ckpt-format torch``) files.
-    """
+def load_folder(load_dir: str | os.PathLike, iteration: int | None = None) -> Path | None:
+    """The iteration directory Megatron would load from ``load_dir`` (it may not exist), or
+    None when there is nothing to load (no tracker file and no ``iteration``). ``iteration``
+    (``--ckpt-step``) overrides the tracker's, as in Megatron; an unreadable tracker is a
+    CheckpointError (:func:`parse_tracker`)."""
     load = Path(load_dir)
     tracker = load / TRACKER_NAME
     release = False
@@ -455,7 +451,22 @@ def check_load_dir(load_dir: str | os.PathLike, iteration: int | None = None) ->
         return None
     if iteration is not None:
         number = iteration
-    folder = load / ("release" if release else f"iter_{number:07d}")
+    return load / ("release" if release else f"iter_{number:07d}")
+
+
+def check_load_dir(load_dir: str | os.PathLike, iteration: int | None = None) -> Path | None:
+    """Preflight of a Megatron ``--load`` directory; returns the iteration directory Megatron
+    will read, or None when there is nothing to load (no tracker file and no ``iteration``:
+    Megatron then starts from scratch, the usual ``--load`` = ``--save`` pattern).
+
+    ``iteration`` (``--ckpt-step``) overrides the tracker's iteration, as in Megatron. Raises
+    CheckpointError for an unreadable tracker, a missing iteration directory, unsafe or corrupt
+    metadata, missing or truncated shards and unreadable legacy (``--ckpt-format torch``) files.
+    """
+    folder = load_folder(load_dir, iteration)
+    if folder is None:
+        return None
+    tracker = Path(load_dir) / TRACKER_NAME
     if not folder.is_dir():
         named = f"--ckpt-step {iteration} names" if iteration is not None else f"{tracker} names"
         raise CheckpointError(f"{named} {folder.name}, but {folder} does not exist")

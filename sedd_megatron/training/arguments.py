@@ -192,7 +192,8 @@ _NON_NEGATIVE = (
 )  # fmt: skip
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of an argument dest: ``train_iters`` -> ``--train-iters``."""
     return "--" + name.replace("_", "-")
 
 
@@ -209,12 +210,12 @@ def training_setting_problems(args) -> list[str]:
     for name in _POSITIVE:
         v = value(name)
         if v is not None and not v > 0:
-            problems.append(f"{_flag(name)} must be positive, got {v}")
+            problems.append(f"{flag_name(name)} must be positive, got {v}")
             bad.add(name)
     for name in _NON_NEGATIVE:
         v = value(name)
         if v is not None and not v >= 0:  # NaN fails too
-            problems.append(f"{_flag(name)} must not be negative, got {v}")
+            problems.append(f"{flag_name(name)} must not be negative, got {v}")
             bad.add(name)
     lr, min_lr = value("lr"), value("min_lr")
     if lr is not None and min_lr is not None and not bad & {"lr", "min_lr"} and min_lr > lr:
@@ -225,7 +226,7 @@ def training_setting_problems(args) -> list[str]:
     for name in ("hidden_dropout", "attention_dropout"):
         v = value(name)
         if v is not None and not 0 <= v < 1:
-            problems.append(f"{_flag(name)} must be in [0, 1), got {v}")
+            problems.append(f"{flag_name(name)} must be in [0, 1), got {v}")
     hidden, heads = value("hidden_size"), value("num_attention_heads")
     tp = value("tensor_model_parallel_size")
     usable = lambda *names: all(value(n) is not None and n not in bad for n in names)
@@ -237,7 +238,7 @@ def training_setting_problems(args) -> list[str]:
         for name in ("num_attention_heads", "ffn_hidden_size"):
             if usable(name) and value(name) % tp:
                 problems.append(
-                    f"{_flag(name)} ({value(name)}) must be divisible by "
+                    f"{flag_name(name)} ({value(name)}) must be divisible by "
                     f"--tensor-model-parallel-size ({tp})"
                 )
     if value("distribute_saved_activations"):
@@ -288,12 +289,12 @@ def argv_settings(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for dest, kind in _ARGV_FLAGS.items():
         if kind is None:
-            parser.add_argument(_flag(dest), dest=dest, action="store_const", const=True)
+            parser.add_argument(flag_name(dest), dest=dest, action="store_const", const=True)
         else:
-            parser.add_argument(_flag(dest), dest=dest)
+            parser.add_argument(flag_name(dest), dest=dest)
     parser.add_argument("--mock-data", dest="mock_data", action="store_const", const=True)
     for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
-        parser.add_argument(_flag(name), dest=name, nargs="*")
+        parser.add_argument(flag_name(name), dest=name, nargs="*")
     try:
         settings, _ = parser.parse_known_args(argv)
     except SystemExit:  # e.g. a flag without its value: Megatron's parser says so later

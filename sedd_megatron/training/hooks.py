@@ -37,6 +37,7 @@ from sedd_megatron.atomic import atomic_write_text
 from sedd_megatron.checksums import write_manifest
 from sedd_megatron.errors import ConfigError
 from sedd_megatron.models.sedd.ema import find_ema
+from sedd_megatron.safe_load import TRACKER_NAME
 from sedd_megatron.training.metrics import STEP_METRICS, append_jsonl, truncate_jsonl
 from sedd_megatron.training.resume import scheduler_mismatch_message
 
@@ -96,9 +97,6 @@ def _wrap_optimizer_step(optimizer, model_chunks, args):
         return result
 
     optimizer.step = step
-
-
-TRACKER_NAME = "latest_checkpointed_iteration.txt"
 
 
 class _AtomicTrackerStorage:

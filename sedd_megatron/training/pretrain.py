@@ -14,7 +14,7 @@ from sedd_megatron import checksums
 from sedd_megatron.atomic import atomic_open
 from sedd_megatron.console import fail, quiet_third_party, restore_third_party_logging
 from sedd_megatron.errors import ConfigError, SEDDError
-from sedd_megatron.training.arguments import check_argv
+from sedd_megatron.training.arguments import check_argv, flag_name
 
 _START = time.time()
 
@@ -25,7 +25,7 @@ _DATA_FLAGS = ("data_path", "train_data_path", "valid_data_path", "test_data_pat
 def check_data_sources(args) -> list[str]:
     """One data source (``--mock-data`` or data paths, not both), and every data prefix given
     has its .bin and .idx; returns the prefixes. Needs only the command line."""
-    given = [_flag(name) for name in _DATA_FLAGS if getattr(args, name, None)]
+    given = [flag_name(name) for name in _DATA_FLAGS if getattr(args, name, None)]
     if getattr(args, "mock_data", False):
         if given:
             raise ConfigError(
@@ -93,20 +93,8 @@ def load_folder(load_dir: str, iteration: int | None = None) -> str | None:
     there; ``safety.check_load_dir`` reports what is wrong)."""
     from sedd_megatron.checkpoint import safety  # lazy: torch, after the start-up timestamp
 
-    tracker = os.path.join(load_dir, "latest_checkpointed_iteration.txt")
-    release = False
-    if os.path.isfile(tracker):
-        number, release = safety.parse_tracker(tracker)
-    elif iteration is None:
-        return None
-    if iteration is not None:
-        number = iteration
-    folder = os.path.join(load_dir, "release" if release else f"iter_{number:07d}")
-    return folder if os.path.isdir(folder) else None
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    folder = safety.load_folder(load_dir, iteration)
+    return str(folder) if folder is not None and folder.is_dir() else None
 
 
 def _is_number(value: str) -> bool:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from sedd_megatron.errors import ConfigError
+from sedd_megatron.training.arguments import flag_name
 
 #: Settings that shape the weights: a checkpoint saved with other values cannot be loaded.
 ARCHITECTURE = (
@@ -44,10 +45,6 @@ _SCHEDULE_FLAGS = {
 }
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def differing_settings(saved, run) -> list[tuple[str, object, object]]:
     """(flag, checkpoint value, run value) for each architecture or SEDD setting that differs
     between the saved ``args`` and this run's; settings either side lacks are skipped."""
@@ -69,7 +66,7 @@ def differing_settings(saved, run) -> list[tuple[str, object, object]]:
             continue
         old, new = getattr(saved, name), getattr(run, name)
         if old != new:
-            found.append((_flag(name), old, new))
+            found.append((flag_name(name), old, new))
     return found
 
 
