@@ -7,11 +7,11 @@ optimizer settings and the EMA decay back from there.
 """
 
 import dataclasses
-import math
 
 from sedd_megatron.checkpoint.parallel import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.config import SEDDConfig
+from sedd_megatron.training.architecture import backbone_flags, backbone_from_args
 
 # published name -> (hidden_size, n_blocks, n_heads) of the reference configs
 _NAMED_SIZES = {"small": (768, 12, 12), "medium": (1024, 24, 16)}
@@ -66,24 +66,9 @@ def published_config(args, num_tokens: int) -> SEDDConfig:
 
 
 def config_from_args(args, num_tokens: int) -> SEDDConfig:
+    """The published-layout config of the model pretrain_sedd.py builds from ``args`` (every
+    architecture pretrain accepts has one: ``training.architecture``)."""
     hidden, heads = args.hidden_size, args.num_attention_heads
-    problems = []
-    if args.ffn_hidden_size != 4 * hidden:
-        problems.append(f"ffn_hidden_size {args.ffn_hidden_size} != 4 * hidden_size")
-    if args.kv_channels not in (None, hidden // heads):
-        problems.append(f"kv_channels {args.kv_channels} != hidden_size / heads")
-    gqa = getattr(args, "group_query_attention", False)
-    if gqa and getattr(args, "num_query_groups", None) not in (None, heads):
-        problems.append("grouped-query attention")
-    if getattr(args, "rotary_base", 10000) != 10000 or getattr(args, "rotary_percent", 1.0) != 1:
-        problems.append("rotary base/percent other than 10000/1.0")
-    if not math.isclose(getattr(args, "layernorm_epsilon", 1e-5), 1e-5):
-        problems.append(f"layernorm_epsilon {args.layernorm_epsilon} != 1e-5")
-    if problems:
-        raise CheckpointError(
-            "the checkpoint's architecture has no published-layout equivalent: "
-            + "; ".join(problems)
-        )
     name = next((n for n, s in _NAMED_SIZES.items() if s == (hidden, args.num_layers, heads)), None)
     extra = {
         "ngpus": args.world_size,
@@ -107,6 +92,19 @@ def config_from_args(args, num_tokens: int) -> SEDDConfig:
             "grad_clip": args.clip_grad,
         },
     }
+    try:
+        config = _config(args, num_tokens, name, extra)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"the checkpoint's saved arguments give no valid model: {err}"
+        ) from err
+    if not config.reference_backbone:  # "small"/"medium" name the reference architecture
+        config = dataclasses.replace(config, name="custom")
+    return config
+
+
+def _config(args, num_tokens, name, extra) -> SEDDConfig:
+    hidden, heads = args.hidden_size, args.num_attention_heads
     return SEDDConfig(
         tokens=num_tokens,
         graph=args.sedd_graph,
@@ -123,6 +121,7 @@ def config_from_args(args, num_tokens: int) -> SEDDConfig:
         sigma_max=args.sedd_sigma_max,
         name=name or "custom",
         extra=extra,
+        **backbone_from_args(args),
     )
 
 
@@ -136,11 +135,15 @@ def pretrain_argv(config: SEDDConfig, *, tp: int = 1, pp: int = 1) -> list[str]:
     model raises ConfigError.
     """
     layout = check_config_layout(config, tp, pp)
+    try:
+        backbone = backbone_flags(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     argv = [
         "--num-layers", str(config.n_blocks),
         "--hidden-size", str(config.hidden_size),
         "--num-attention-heads", str(config.n_heads),
-        "--ffn-hidden-size", str(4 * config.hidden_size),
+        *backbone,
         "--seq-length", str(config.length),
         "--max-position-embeddings", str(config.length),
         "--sedd-graph", config.graph,

@@ -90,7 +90,9 @@ def build_model(config: SEDDConfig, *, seq_length: int | None = None, divisible_
     )
     model = SEDDModel(
         transformer_config,
-        get_sedd_layer_spec(use_transformer_engine=False),
+        get_sedd_layer_spec(
+            use_transformer_engine=False, qk_layernorm=transformer_config.qk_layernorm
+        ),
         vocab_size=padded_vocab_size(transformer_config.vocab_rows, tp, divisible_by),
         max_sequence_length=seq_length or config.length,
         pre_process=ps.is_pipeline_first_stage(),

@@ -26,6 +26,7 @@ from sedd_megatron.diffusion import get_graph
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.checkpoint import CONFIG_NAME
 from sedd_megatron.plain.config import SEDDConfig
+from sedd_megatron.training.architecture import query_groups
 
 DEFAULT_VOCAB_DIVISOR = 128  # Megatron's --make-vocab-size-divisible-by default
 
@@ -104,10 +105,13 @@ def check_layout(
     pp: int,
     world_size: int | None = None,
     vocab_divisor: int = DEFAULT_VOCAB_DIVISOR,
+    n_kv_heads: int | None = None,
+    ffn_hidden_size: int | None = None,
 ) -> Layout:
     """The layout TP x PP of a model of this shape; ConfigError naming every problem if it does
     not fit. ``vocab_rows`` None skips the vocabulary check; ``world_size`` None the process
-    count check."""
+    count check; ``n_kv_heads`` / ``ffn_hidden_size`` None (the reference's n_heads / 4 x
+    hidden) need nothing beyond the heads and hidden size."""
     if not (isinstance(tp, int) and isinstance(pp, int) and tp >= 1 and pp >= 1):
         raise ConfigError(f"--tp and --pp must be positive integers, got TP={tp}, PP={pp}")
     problems = []
@@ -115,6 +119,10 @@ def check_layout(
         problems.append(f"n_heads {n_heads} is not divisible by TP={tp}")
     if hidden_size % tp:
         problems.append(f"hidden_size {hidden_size} is not divisible by TP={tp}")
+    if n_kv_heads is not None and n_kv_heads % tp:
+        problems.append(f"the {n_kv_heads} key/value heads are not divisible by TP={tp}")
+    if ffn_hidden_size is not None and ffn_hidden_size % tp:
+        problems.append(f"the MLP width {ffn_hidden_size} is not divisible by TP={tp}")
     if vocab_rows is not None and tp > 1:
         multiple = vocab_divisor * tp
         padded = -(-vocab_rows // multiple) * multiple
@@ -156,6 +164,8 @@ def check_config_layout(
         pp=pp,
         world_size=world_size,
         vocab_divisor=vocab_divisor,
+        n_kv_heads=config.kv_heads,
+        ffn_hidden_size=config.ffn_width,
     )
 
 
@@ -196,6 +206,8 @@ def check_source_layout(
         pp=pp,
         world_size=world_size,
         vocab_divisor=args.make_vocab_size_divisible_by,
+        n_kv_heads=query_groups(args),
+        ffn_hidden_size=args.ffn_hidden_size,
     )
 
 

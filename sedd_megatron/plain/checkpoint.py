@@ -118,7 +118,7 @@ def load_pretrained(
         raise CheckpointError(f"{weights_file} vs {CONFIG_NAME}: {err}") from err
     check_finite(state_dict, weights_file)
     state_dict = {k: v.to(torch.float32).contiguous() for k, v in state_dict.items()}
-    state_dict.setdefault(ROTARY_INV_FREQ, rotary_inv_freq(config.head_dim))
+    state_dict.setdefault(ROTARY_INV_FREQ, rotary_inv_freq(config.head_dim, config.rotary_base))
     with torch.device("meta"):
         model = model_cls(config)
     model.load_state_dict(state_dict, strict=True, assign=True)

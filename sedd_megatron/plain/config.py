@@ -18,6 +18,8 @@ GRAPH_TYPES = tuple(GRAPHS)  # the registered graph names
 NOISE_TYPES = ("loglinear", "geometric")
 MODEL_TYPES = ("ddit",)
 TIME_CONDITIONINGS = ("sigma", "none")  # docs/math.md §8.6
+NORMS = ("layernorm", "rmsnorm")  # adaLN-modulated norm of the blocks (and the QK norm)
+MLPS = ("gelu", "swiglu")  # tanh-GELU (the reference) or SwiGLU (silu(gate) * up)
 
 # (section, key, dataclass field); section None means top level.
 _JSON_FIELDS = (
@@ -36,13 +38,35 @@ _JSON_FIELDS = (
     ("model", "scale_by_sigma", "scale_by_sigma"),
     ("model", "dropout", "dropout"),
     ("model", "time_conditioning", "time_conditioning"),
+    ("model", "ffn_hidden_size", "ffn_hidden_size"),
+    ("model", "n_kv_heads", "n_kv_heads"),
+    ("model", "head_dim", "kv_channels"),
+    ("model", "rotary_base", "rotary_base"),
+    ("model", "norm", "norm"),
+    ("model", "norm_eps", "norm_eps"),
+    ("model", "mlp", "mlp"),
+    ("model", "qk_norm", "qk_norm"),
 )
 # Fields written to config.json only when they differ from the default, so that published-layout
-# configs stay exactly as published.
-_OMIT_IF_DEFAULT = {"time_conditioning": "sigma"}
+# configs stay exactly as published (the reference architecture has all of these defaults).
+_OMIT_IF_DEFAULT = {
+    "time_conditioning": "sigma",
+    "ffn_hidden_size": None,
+    "n_kv_heads": None,
+    "kv_channels": None,
+    "rotary_base": 10000.0,
+    "norm": "layernorm",
+    "norm_eps": 1e-5,
+    "mlp": "gelu",
+    "qk_norm": False,
+}
 _FIELD_NAMES = {
     name: key if section is None else f"{section}.{key}" for section, key, name in _JSON_FIELDS
 }
+_BACKBONE = (
+    "ffn_hidden_size", "n_kv_heads", "kv_channels", "rotary_base", "norm", "norm_eps", "mlp",
+    "qk_norm",
+)  # fmt: skip
 _REQUIRED = ("tokens", "graph", "hidden_size", "cond_dim", "length", "n_blocks", "n_heads")
 
 
@@ -65,6 +89,16 @@ class SEDDConfig:
     # "sigma": the network sees sigma (the reference). "none": time-independent absorbing SEDD,
     # a learned constant conditioning vector and log p(y | x_t) - log(e^sigma - 1) as log-score.
     time_conditioning: str = "sigma"
+    # Backbone options beyond the reference DiT (docs/architecture.md §6); None: the reference's
+    # value (4 * hidden_size, n_heads, hidden_size / n_heads).
+    ffn_hidden_size: int | None = None  # MLP width F (SwiGLU: fc1 has 2F rows, gate then up)
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention), divides n_heads
+    kv_channels: int | None = None  # head dim; config.json key model.head_dim
+    rotary_base: float = 10000.0
+    norm: str = "layernorm"  # "layernorm" (no bias) or "rmsnorm", statistics in float32
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu" (tanh) or "swiglu"
+    qk_norm: bool = False  # a norm of the model's kind on each query and key head (before rotary)
     # config.json keys SEDD does not read (training, data, optim, ...), nested as in the file.
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -99,15 +133,7 @@ class SEDDConfig:
                     "model.time_conditioning 'none' divides by e^sigma - 1 itself: it needs "
                     "model.scale_by_sigma=True"
                 )
-        if self.hidden_size % self.n_heads:
-            raise ConfigError(
-                f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                f"model.n_heads ({self.n_heads})"
-            )
-        if self.head_dim % 2:
-            raise ConfigError(
-                f"head dim model.hidden_size/n_heads = {self.head_dim} must be even (rotary)"
-            )
+        self._check_backbone()
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
         if not _is_number(self.sigma_min) or self.sigma_min <= 0:
@@ -119,9 +145,54 @@ class SEDDConfig:
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra must be a dict, got {type(self.extra).__name__}")
 
+    def _check_backbone(self) -> None:
+        for name in ("ffn_hidden_size", "n_kv_heads", "kv_channels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{_FIELD_NAMES[name]} must be a positive integer, got {value!r}")
+            if value is not None and value <= 0:
+                raise ConfigError(f"{_FIELD_NAMES[name]} must be a positive integer, got {value!r}")
+        if self.kv_channels is None and self.hidden_size % self.n_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.n_heads ({self.n_heads}) (or give model.head_dim)"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"the head dim ({self.head_dim}) must be even (rotary)")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads "
+                f"({self.kv_heads})"
+            )
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            raise ConfigError(f"model.mlp must be one of {MLPS}, got {self.mlp!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise ConfigError(f"model.qk_norm must be a bool, got {self.qk_norm!r}")
+        for name in ("rotary_base", "norm_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0:
+                raise ConfigError(f"{_FIELD_NAMES[name]} must be a positive number, got {value!r}")
+
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.n_heads
+        return self.kv_channels or self.hidden_size // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_heads, or n_heads (multi-head attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_width(self) -> int:
+        """The MLP width F: ffn_hidden_size, or the reference's 4 * hidden_size."""
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def reference_backbone(self) -> bool:
+        """Whether every backbone option has the reference DiT's value."""
+        return all(getattr(self, name) == _OMIT_IF_DEFAULT[name] for name in _BACKBONE)
 
     @property
     def vocab_rows(self) -> int:

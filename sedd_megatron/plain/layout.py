@@ -25,9 +25,11 @@ ROTARY_INV_FREQ = "rotary_emb.inv_freq"  # derived buffer, persistent in the ref
 BLOCK_KEY_TEMPLATES = (
     "blocks.{i}.norm1.weight",
     "blocks.{i}.attn_qkv.weight",  # rows [q heads | k heads | v heads], head_dim each
+    "blocks.{i}.attn_q_norm.weight",  # qk_norm only: (head_dim,), shared by the heads
+    "blocks.{i}.attn_k_norm.weight",  # qk_norm only
     "blocks.{i}.attn_out.weight",
     "blocks.{i}.norm2.weight",
-    "blocks.{i}.mlp.0.weight",
+    "blocks.{i}.mlp.0.weight",  # SwiGLU: rows [gate | up], F each
     "blocks.{i}.mlp.0.bias",
     "blocks.{i}.mlp.2.weight",
     "blocks.{i}.mlp.2.bias",
@@ -41,19 +43,25 @@ FINAL_KEYS = (
     "output_layer.adaLN_modulation.weight",  # rows: shift | scale
     "output_layer.adaLN_modulation.bias",
 )
+QK_NORM_SUFFIXES = ("attn_q_norm.weight", "attn_k_norm.weight")
 DERIVED_KEYS = (ROTARY_INV_FREQ,)
 
 TIMESTEP_FREQ_DIM = 256  # sinusoidal features fed to sigma_map
 ROTARY_BASE = 10000.0
 
 
-def block_keys(i: int) -> list[str]:
-    return [template.format(i=i) for template in BLOCK_KEY_TEMPLATES]
+def block_keys(i: int, qk_norm: bool = False) -> list[str]:
+    """The keys of block ``i``, in order (the QK-norm weights only with ``qk_norm``)."""
+    return [
+        template.format(i=i)
+        for template in BLOCK_KEY_TEMPLATES
+        if qk_norm or not template.endswith(QK_NORM_SUFFIXES)
+    ]
 
 
 def reference_keys(config: SEDDConfig) -> list[str]:
     """The reference state-dict keys, in the reference order."""
-    return reference_keys_for(config.n_blocks, config.time_conditioning)
+    return reference_keys_for(config.n_blocks, config.time_conditioning, config.qk_norm)
 
 
 def conditioning_keys(time_conditioning: str = "sigma") -> tuple[str, ...]:
@@ -61,29 +69,37 @@ def conditioning_keys(time_conditioning: str = "sigma") -> tuple[str, ...]:
     return SIGMA_MAP_KEYS if time_conditioning == "sigma" else (COND_KEY,)
 
 
-def reference_keys_for(n_blocks: int, time_conditioning: str = "sigma") -> list[str]:
+def reference_keys_for(
+    n_blocks: int, time_conditioning: str = "sigma", qk_norm: bool = False
+) -> list[str]:
     """The reference state-dict keys of a model with ``n_blocks`` blocks, in order."""
     keys = [EMBEDDING, *conditioning_keys(time_conditioning), ROTARY_INV_FREQ]
     for i in range(n_blocks):
-        keys += block_keys(i)
+        keys += block_keys(i, qk_norm)
     return keys + list(FINAL_KEYS)
 
 
 def expected_shapes(config: SEDDConfig) -> dict[str, tuple[int, ...]]:
     """Ordered mapping key -> shape of the reference state dict for ``config``."""
     H, C, V = config.hidden_size, config.cond_dim, config.vocab_rows
+    d, F = config.head_dim, config.ffn_width
+    fc1_rows = 2 * F if config.mlp == "swiglu" else F
     block = {
         "norm1.weight": (H,),
-        "attn_qkv.weight": (3 * H, H),
-        "attn_out.weight": (H, H),
+        "attn_qkv.weight": ((config.n_heads + 2 * config.kv_heads) * d, H),
+        "attn_q_norm.weight": (d,),
+        "attn_k_norm.weight": (d,),
+        "attn_out.weight": (H, config.n_heads * d),
         "norm2.weight": (H,),
-        "mlp.0.weight": (4 * H, H),
-        "mlp.0.bias": (4 * H,),
-        "mlp.2.weight": (H, 4 * H),
+        "mlp.0.weight": (fc1_rows, H),
+        "mlp.0.bias": (fc1_rows,),
+        "mlp.2.weight": (H, F),
         "mlp.2.bias": (H,),
         "adaLN_modulation.weight": (6 * H, C),
         "adaLN_modulation.bias": (6 * H,),
     }
+    if not config.qk_norm:
+        block = {k: v for k, v in block.items() if k not in QK_NORM_SUFFIXES}
     shapes = {EMBEDDING: (V, H)}
     if config.time_conditioning == "sigma":
         shapes.update(
@@ -112,9 +128,9 @@ def expected_shapes(config: SEDDConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def rotary_inv_freq(head_dim: int) -> torch.Tensor:
+def rotary_inv_freq(head_dim: int, base: float = ROTARY_BASE) -> torch.Tensor:
     """inv_freq_j = base^(-2j/head_dim), j < head_dim/2, float32 (the reference buffer)."""
-    return 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
 
 
 def check_state_dict(state_dict: dict, config: SEDDConfig, allow_missing_derived: bool = True):
@@ -153,11 +169,12 @@ def check_state_dict(state_dict: dict, config: SEDDConfig, allow_missing_derived
         raise CheckpointError("state dict does not match the SEDD layout: " + "; ".join(problems))
     inv_freq = state_dict.get(ROTARY_INV_FREQ)
     if inv_freq is not None:
-        expected = rotary_inv_freq(config.head_dim)
+        expected = rotary_inv_freq(config.head_dim, config.rotary_base)
         if not torch.allclose(inv_freq.detach().float().cpu(), expected, rtol=1e-6, atol=0.0):
             raise CheckpointError(
                 f"{ROTARY_INV_FREQ} does not equal base^(-2j/head_dim) for head_dim "
-                f"{config.head_dim} (wrong n_heads/hidden_size in the config?)"
+                f"{config.head_dim} and base {config.rotary_base:g} (wrong n_heads/hidden_size "
+                "or rotary_base in the config?)"
             )
 
 

@@ -17,17 +17,26 @@ from .layout import TIMESTEP_FREQ_DIM, rotary_inv_freq
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm in float32 with a weight and no bias, eps 1e-5."""
+    """LayerNorm (no bias; the reference) or RMSNorm in float32, times a weight.
 
-    def __init__(self, dim: int):
+    The result stays float32 (as the reference's), so the modulation that follows is float32.
+    """
+
+    def __init__(self, dim: int, kind: str = "layernorm", eps: float = 1e-5):
         super().__init__()
         self.dim = dim
+        self.kind = kind
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
-            x = F.layer_norm(x.float(), [self.dim])
-        return x * self.weight[None, None, :]
+            x = x.float()
+            if self.kind == "rmsnorm":
+                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            else:
+                x = F.layer_norm(x, [self.dim], eps=self.eps)
+        return x * self.weight
 
 
 def modulate(x, shift, scale):
@@ -90,11 +99,11 @@ class ConstantConditioning(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary embedding, base 10000, full head dim, rotate-half (non-interleaved) style."""
+    """Rotary embedding (base 10000 in the reference), full head dim, rotate-half style."""
 
-    def __init__(self, head_dim: int):
+    def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", rotary_inv_freq(head_dim))
+        self.register_buffer("inv_freq", rotary_inv_freq(head_dim, base))
 
     def forward(self, seq_len: int):
         """cos, sin of shape (1, seq_len, 1, head_dim), float32."""
@@ -113,33 +122,58 @@ def apply_rotary(x, cos, sin):
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
+class SwiGLU(nn.Module):
+    """silu(gate) * up for fc1's output rows [gate | up]."""
+
+    def forward(self, h):
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
 class DDiTBlock(nn.Module):
-    def __init__(self, hidden_size: int, n_heads: int, cond_dim: int, dropout: float):
+    """adaLN-modulated pre-norm attention and MLP with gated residuals (docs/math.md §8).
+
+    The reference block, or with ``config``'s backbone options: RMSNorm, grouped-query attention
+    (``n_kv_heads``; query head j uses key/value head j // (n_heads / n_kv_heads)), a QK norm on
+    each head before rotary, any head dim and MLP width, a SwiGLU MLP.
+    """
+
+    def __init__(self, config: SEDDConfig):
         super().__init__()
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.norm1 = LayerNorm(hidden_size)
-        self.attn_qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
-        self.attn_out = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.norm2 = LayerNorm(hidden_size)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, 4 * hidden_size),
-            nn.GELU(approximate="tanh"),
-            nn.Linear(4 * hidden_size, hidden_size),
-        )
-        self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden_size)
+        H, d, F_ = config.hidden_size, config.head_dim, config.ffn_width
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, d
+        self.dropout = config.dropout
+        self.norm1 = LayerNorm(H, config.norm, config.norm_eps)
+        self.attn_qkv = nn.Linear(H, (config.n_heads + 2 * config.kv_heads) * d, bias=False)
+        if config.qk_norm:
+            self.attn_q_norm = LayerNorm(d, config.norm, config.norm_eps)
+            self.attn_k_norm = LayerNorm(d, config.norm, config.norm_eps)
+        self.attn_out = nn.Linear(config.n_heads * d, H, bias=False)
+        self.norm2 = LayerNorm(H, config.norm, config.norm_eps)
+        if config.mlp == "swiglu":
+            self.mlp = nn.Sequential(nn.Linear(H, 2 * F_), SwiGLU(), nn.Linear(F_, H))
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(H, F_), nn.GELU(approximate="tanh"), nn.Linear(F_, H)
+            )
+        self.adaLN_modulation = nn.Linear(config.cond_dim, 6 * H)
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
     def attention(self, h, cos, sin):
-        B, L, H = h.shape
-        qkv = self.attn_qkv(h).view(B, L, 3, self.n_heads, H // self.n_heads)
-        q, k, v = qkv.unbind(dim=2)  # each (B, L, heads, head_dim)
+        B, L, _ = h.shape
+        d, heads, kv_heads = self.head_dim, self.n_heads, self.n_kv_heads
+        q, k, v = self.attn_qkv(h).split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
+        q, k, v = q.view(B, L, heads, d), k.view(B, L, kv_heads, d), v.view(B, L, kv_heads, d)
+        if hasattr(self, "attn_q_norm"):
+            q, k = self.attn_q_norm(q).to(q.dtype), self.attn_k_norm(k).to(k.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_heads != heads:
+            k, v = (t.repeat_interleave(heads // kv_heads, dim=2) for t in (k, v))
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=0.0
         )
-        return self.attn_out(out.transpose(1, 2).reshape(B, L, H))
+        return self.attn_out(out.transpose(1, 2).reshape(B, L, heads * d))
 
     def forward(self, x, c, cos, sin):
         modulation = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
@@ -151,9 +185,9 @@ class DDiTBlock(nn.Module):
 
 
 class DDitFinalLayer(nn.Module):
-    def __init__(self, hidden_size: int, vocab_rows: int, cond_dim: int):
+    def __init__(self, hidden_size: int, vocab_rows: int, cond_dim: int, norm=("layernorm", 1e-5)):
         super().__init__()
-        self.norm_final = LayerNorm(hidden_size)
+        self.norm_final = LayerNorm(hidden_size, *norm)
         self.linear = nn.Linear(hidden_size, vocab_rows)
         self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden_size)
         for layer in (self.linear, self.adaLN_modulation):
@@ -177,11 +211,11 @@ class SEDD(nn.Module):
             self.sigma_map = TimestepEmbedder(C)
         else:
             self.cond_map = ConstantConditioning(C)
-        self.rotary_emb = Rotary(config.head_dim)
-        self.blocks = nn.ModuleList(
-            DDiTBlock(H, config.n_heads, C, config.dropout) for _ in range(config.n_blocks)
+        self.rotary_emb = Rotary(config.head_dim, config.rotary_base)
+        self.blocks = nn.ModuleList(DDiTBlock(config) for _ in range(config.n_blocks))
+        self.output_layer = DDitFinalLayer(
+            H, config.vocab_rows, C, norm=(config.norm, config.norm_eps)
         )
-        self.output_layer = DDitFinalLayer(H, config.vocab_rows, C)
 
     def forward(self, indices: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if indices.ndim != 2 or sigma.shape != indices.shape[:1]:

@@ -324,6 +324,7 @@ def check_argv(argv: list[str]) -> argparse.Namespace:
 def validate_sedd_args(args) -> None:
     """Fill derived SEDD defaults and reject flags that contradict the SEDD architecture."""
     from sedd_megatron.diffusion import graph_class  # lazy: torch; check_argv runs before it
+    from sedd_megatron.training.architecture import architecture_problems
 
     graph = graph_class(args.sedd_graph)  # argparse's choices have checked the name
     if args.sedd_noise is None:
@@ -350,16 +351,7 @@ def validate_sedd_args(args) -> None:
         problems.append("need 0 < --sedd-sigma-min < --sedd-sigma-max")
     if args.sedd_cond_dim <= 0:
         problems.append(f"--sedd-cond-dim must be positive, got {args.sedd_cond_dim}")
-    if args.position_embedding_type != "rope":
-        problems.append("SEDD uses rotary embeddings: --position-embedding-type must be rope")
-    if getattr(args, "swiglu", False) or getattr(args, "squared_relu", False):
-        problems.append("SEDD's MLP is GELU (tanh): drop --swiglu / --squared-relu")
-    if args.normalization != "LayerNorm":
-        problems.append("SEDD uses LayerNorm: --normalization must be LayerNorm")
-    if getattr(args, "group_query_attention", False):
-        problems.append("SEDD uses multi-head attention: drop --group-query-attention")
-    if getattr(args, "num_experts", None):
-        problems.append("SEDD has a dense MLP: drop --num-experts")
+    problems += architecture_problems(args)
     if (
         getattr(args, "fp8", None)
         and getattr(args, "transformer_impl", None) != "transformer_engine"

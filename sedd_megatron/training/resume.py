@@ -20,7 +20,7 @@ from sedd_megatron.training.arguments import flag_name
 #: Settings that shape the weights: a checkpoint saved with other values cannot be loaded.
 ARCHITECTURE = (
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels",
-    "group_query_attention", "normalization", "norm_epsilon",
+    "group_query_attention", "normalization", "layernorm_epsilon",
     "position_embedding_type", "rotary_base", "rotary_percent", "add_bias_linear", "add_qkv_bias",
     "swiglu", "qk_layernorm", "untie_embeddings_and_output_weights", "vocab_size",
 )  # fmt: skip

@@ -82,7 +82,7 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
     use_te = args.transformer_impl == "transformer_engine"
     model = SEDDModel(
         config,
-        get_sedd_layer_spec(use_transformer_engine=use_te),
+        get_sedd_layer_spec(use_transformer_engine=use_te, qk_layernorm=config.qk_layernorm),
         vocab_size=padded_vocab_size(
             config.vocab_rows, args.tensor_model_parallel_size, args.make_vocab_size_divisible_by
         ),

@@ -73,3 +73,35 @@ def test_time_independent_model_matches_plain_twin(layout):
     assert result["log_score"] < 1e-5
     assert result["loss"] < 1e-5
     assert result["grad_max"] < 1e-5, f"worst gradient: {result['grad_worst']}"
+
+
+# Backbone variants (the worker's VARIANTS) at the layouts that shard what they change: TP splits
+# the key/value groups and the SwiGLU halves, SP the QK-norm gradients' sum, PP and CP the rest;
+# the fused kernels (the RMSNorm variant of LayerNorm + modulation among them) on a TP+SP case.
+VARIANT_CASES = [
+    ("llama", "tp1", False),
+    ("llama", "tp2", False),
+    ("llama", "pp2", False),
+    ("dims", "tp2", False),
+    pytest.param("llama", "tp2-sp", True, id="llama-tp2-sp-triton"),
+    pytest.param("dims", "cp2", True, id="dims-cp2-triton"),
+]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("variant,layout,triton", VARIANT_CASES)
+def test_backbone_variant_matches_plain_twin(variant, layout, triton):
+    """RMSNorm / SwiGLU / GQA / QK norm, and any MLP width, head dim, rotary base and norm
+    epsilon: SEDDModel equals the plain twin (log-scores, loss, every gradient) and the
+    reference-layout round trip is bit-identical."""
+    nproc, flags = LAYOUTS[layout]
+    env = {"SEDD_TRITON_ON_CPU": "1" if triton else "0"}
+    args = [str(CONFORMANCE_DIR / "tiny_absorb"), *flags, "--variant", variant]
+    out = run_torchrun(WORKER, nproc, args, timeout=400 if triton else 240, env=env)
+    result = parse_result(out.stdout)
+    assert result["triton_kernels"] is triton
+    assert result["bit_identical_round_trip"]
+    assert result["grads_checked"] == result["plain_parameters"]
+    assert result["log_score"] < 1e-5
+    assert result["loss"] < 1e-5
+    assert result["grad_max"] < 1e-5, f"worst gradient: {result['grad_worst']}"

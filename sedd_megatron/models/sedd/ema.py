@@ -90,9 +90,11 @@ class EMAWeights(torch.nn.Module):
             sharded = by_storage.get((param.data_ptr(), tuple(param.shape)))
             if sharded is None:
                 raise RuntimeError(f"EMA: no sharded tensor found for parameter {name}")
-            # The shadow is float32 even when the parameter is bf16/fp16.
+            # The shadow is float32 even when the parameter is bf16/fp16. A factory (SwiGLU's
+            # fc1, saved as its gate and up halves) builds its tensors from ``data``.
+            dtype = {} if hasattr(sharded, "build_fn") else {"dtype": shadow.dtype}
             out[f"{prefix}{_buffer_name(name)}"] = replace(
-                sharded, key=f"ema.{sharded.key}", data=shadow, dtype=shadow.dtype
+                sharded, key=f"ema.{sharded.key}", data=shadow, **dtype
             )
         return out
 

@@ -4,6 +4,12 @@ Defaults follow the reference implementation (docs/math.md §8): pre-norm LayerN
 without bias (eps 1e-5, fp32), no bias on qkv and attention output, biased 4H MLP with
 tanh-GELU, rotary on the full head dim, bidirectional attention without dropout, hidden dropout
 0.1 before the adaLN gate.
+
+Megatron's backbone options that SEDD supports (docs/architecture.md §6) keep their Megatron
+fields: ``normalization="RMSNorm"``, ``gated_linear_unit`` with ``activation_func=F.silu``
+(SwiGLU, biased like the reference MLP), ``num_query_groups`` (grouped-query attention),
+``qk_layernorm``, ``kv_channels``, ``ffn_hidden_size``, ``layernorm_epsilon``; ``rotary_base``
+is added here (Megatron passes it to GPTModel instead).
 """
 
 from dataclasses import dataclass
@@ -50,6 +56,7 @@ class SEDDTransformerConfig(TransformerConfig):
     frequency_embedding_size: int = 256
     has_cond_embedder: bool = True
     fused_kernels: bool = True
+    rotary_base: float = 10000.0
 
     # Reference semantics as defaults for inherited fields.
     add_bias_linear: bool = False
@@ -102,19 +109,27 @@ class SEDDTransformerConfig(TransformerConfig):
                 "SEDDTransformerConfig.time_conditioning 'none' divides by e^sigma - 1: it needs "
                 "scale_by_sigma=True"
             )
-        if self.normalization != "LayerNorm":
-            raise ValueError(f"SEDD uses LayerNorm, got normalization={self.normalization!r}")
-        if self.num_query_groups not in (None, self.num_attention_heads):
+        if self.normalization not in ("LayerNorm", "RMSNorm"):
             raise ValueError(
-                "SEDD uses multi-head attention: num_query_groups must equal "
-                f"num_attention_heads ({self.num_attention_heads}), got {self.num_query_groups}"
+                f"SEDD's norms are LayerNorm or RMSNorm, got normalization={self.normalization!r}"
+            )
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_query_groups ({self.num_query_groups}) must divide num_attention_heads "
+                f"({self.num_attention_heads})"
             )
         if self.kv_channels % 2:
             raise ValueError(f"rotary needs an even head dim, got kv_channels={self.kv_channels}")
-        if self.gated_linear_unit:
-            raise ValueError("SEDD's MLP is not gated: gated_linear_unit must be False")
+        if self.gated_linear_unit and self.activation_func is not F.silu:
+            raise ValueError("SEDD's gated MLP is SwiGLU: gated_linear_unit needs F.silu")
+        if not self.gated_linear_unit and self.activation_func is not gelu_tanh:
+            raise ValueError("SEDD's MLP is tanh-GELU or SwiGLU (gated_linear_unit with F.silu)")
         if self.num_moe_experts is not None:
             raise ValueError("SEDD has a dense MLP: num_moe_experts must be None")
+
+    @property
+    def rms_norm(self) -> bool:
+        return self.normalization == "RMSNorm"
 
     @property
     def vocab_rows(self) -> int:

@@ -23,6 +23,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayerSubmodul
 from sedd_megatron.models.sedd.sedd_layers import (
     SEDDMLP,
     BidirectionalAttention,
+    SEDDHeadNorm,
     SEDDLayerNorm,
     SEDDTransformerLayer,
 )
@@ -39,13 +40,18 @@ def build_biased_mlp(*, submodules: MLPSubmodules, config, **kwargs) -> SEDDMLP:
     return SEDDMLP.as_mlp_submodule(submodules=submodules, config=mlp_config, **kwargs)
 
 
-def get_sedd_layer_spec(use_transformer_engine: bool = False) -> ModuleSpec:
+def get_sedd_layer_spec(
+    use_transformer_engine: bool = False, qk_layernorm: bool = False
+) -> ModuleSpec:
     """ModuleSpec of one SEDD (DDiT) transformer layer.
 
     Args:
         use_transformer_engine: True for TE layers, False (the default) for local Megatron-Core
             layers. The TE spec is opt-in until a GPU run has checked it against the local one.
+        qk_layernorm: a norm on each query and key head (``SEDDHeadNorm``); must match the
+            config's ``qk_layernorm`` (Megatron checks).
     """
+    head_norm = SEDDHeadNorm if qk_layernorm else IdentityOp
     if use_transformer_engine:
         if not HAVE_TE:
             raise RuntimeError("the Transformer Engine layer spec needs transformer_engine")
@@ -78,8 +84,8 @@ def get_sedd_layer_spec(use_transformer_engine: bool = False) -> ModuleSpec:
                     linear_qkv=column,
                     core_attention=core_attention,
                     linear_proj=row,
-                    q_layernorm=IdentityOp,
-                    k_layernorm=IdentityOp,
+                    q_layernorm=head_norm,
+                    k_layernorm=head_norm,
                 ),
             ),
             pre_mlp_layernorm=SEDDLayerNorm,

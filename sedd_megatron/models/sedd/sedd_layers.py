@@ -22,6 +22,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.fusions.fused_bias_swiglu import bias_swiglu_impl
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -63,16 +64,18 @@ def fused_kernels(config: TransformerConfig) -> bool:
 
 
 class SEDDLayerNorm(torch.nn.Module):
-    """adaLN-modulated LayerNorm: LN(x) * weight * (1 + scale) + shift, in x's dtype.
+    """adaLN-modulated norm: N(x) * weight * (1 + scale) + shift, in x's dtype.
 
-    The LayerNorm has no affine bias and its statistics are float32; the modulation is formed in
-    float32 (``1 + scale`` included) and rounded once to x's dtype. shift and scale: [b, H].
+    N is LayerNorm without affine bias (the reference), or RMSNorm when the config's
+    ``normalization`` is "RMSNorm"; statistics are float32, the modulation is formed in float32
+    (``1 + scale`` included) and rounded once to x's dtype. shift and scale: [b, H].
     """
 
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
         super().__init__()
         self.hidden_size = hidden_size
         self.eps = eps
+        self.rms = config.normalization == "RMSNorm"
         self.fused = fused_kernels(config)
         self.weight = torch.nn.Parameter(
             torch.ones(hidden_size, device=param_device(config), dtype=config.params_dtype)
@@ -80,7 +83,36 @@ class SEDDLayerNorm(torch.nn.Module):
         mark_replicated(self, config)
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return layer_norm_modulate(x, self.weight, shift, scale, self.eps, fused=self.fused)
+        return layer_norm_modulate(
+            x, self.weight, shift, scale, self.eps, fused=self.fused, rms=self.rms
+        )
+
+
+class SEDDHeadNorm(torch.nn.Module):
+    """The QK norm (``qk_layernorm``): the config's norm over each head's dim, times a weight.
+
+    LayerNorm without bias or RMSNorm, statistics in float32, one rounding to x's dtype; x is
+    [s, b, heads, head_dim]. Megatron's SelfAttention builds it (``q_layernorm`` and
+    ``k_layernorm``) and ``finalize_model_grads`` sums its gradients over the TP group (each
+    rank sees only its heads).
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.eps = eps
+        self.rms = config.normalization == "RMSNorm"
+        self.weight = torch.nn.Parameter(
+            torch.ones(hidden_size, device=param_device(config), dtype=config.params_dtype)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        if self.rms:
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:
+            h = F.layer_norm(h, (self.hidden_size,), eps=self.eps)
+        return (h * self.weight.float()).to(x.dtype)
 
 
 class TimestepEmbedder(torch.nn.Module):
@@ -139,10 +171,13 @@ class BidirectionalAttention(MegatronModule):
     """Core attention without a mask via torch's scaled_dot_product_attention.
 
     Takes Megatron's [s, b, heads, head_dim] query/key/value for the heads of this TP rank and
-    returns [s, b, heads * head_dim]. Attention dropout (0 in SEDD) draws from the model-parallel
-    RNG so TP ranks drop independently. Under context parallelism each rank holds part of the
-    sequence: keys and values are all-gathered over the CP group (backward: reduce-scatter), and
-    the local queries attend to all of them (bidirectional attention needs no causal order).
+    returns [s, b, heads * head_dim]. With grouped-query attention key and value hold fewer
+    heads (this rank's query groups); query head j attends with key/value head
+    j // (heads / groups), as in Megatron's own core attention. Attention dropout (0 in SEDD)
+    draws from the model-parallel RNG so TP ranks drop independently. Under context parallelism
+    each rank holds part of the sequence: keys and values are all-gathered over the CP group
+    (backward: reduce-scatter), and the local queries attend to all of them (bidirectional
+    attention needs no causal order).
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, **kwargs):
@@ -166,6 +201,8 @@ class BidirectionalAttention(MegatronModule):
             )
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         dropout = self.dropout if self.training else 0.0
+        if k.shape[1] != q.shape[1]:
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         s, b = query.shape[0], query.shape[1]
@@ -173,7 +210,10 @@ class BidirectionalAttention(MegatronModule):
 
 
 class SEDDMLP(MLP):
-    """Megatron's MLP (fc1 -> tanh-GELU -> fc2) with fc1's bias add and the GELU fused.
+    """Megatron's MLP (fc1 -> tanh-GELU -> fc2) with fc1's bias add and the GELU fused; or, with
+    ``gated_linear_unit``, SwiGLU: fc1 gives [gate | up] (each TP rank its slice of both) and
+    the activation is silu(gate + b_gate) * (up + b_up), in Megatron's fused bias-SwiGLU when
+    ``bias_activation_fusion`` is set (pretrain's default), else in torch.
 
     Returns (output, fc2 bias) like Megatron's MLP; the layer adds the bias in its residual.
     """
@@ -182,7 +222,13 @@ class SEDDMLP(MLP):
         if per_token_scale is not None:
             raise ValueError("SEDD's dense MLP takes no per-token scale")
         intermediate, bias = self.linear_fc1(hidden_states)
-        intermediate = bias_gelu(intermediate, bias, fused=fused_kernels(self.config))
+        if not self.config.gated_linear_unit:
+            intermediate = bias_gelu(intermediate, bias, fused=fused_kernels(self.config))
+        elif self.config.bias_activation_fusion:
+            intermediate = bias_swiglu_impl(intermediate, bias)
+        else:
+            gate, up = (intermediate if bias is None else intermediate + bias).chunk(2, dim=-1)
+            intermediate = F.silu(gate) * up
         return self.linear_fc2(intermediate)
 
 

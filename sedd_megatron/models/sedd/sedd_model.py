@@ -143,7 +143,7 @@ class SEDDModel(LanguageModule):
             kv_channels=config.kv_channels,
             rotary_percent=1.0,
             rotary_interleaved=False,
-            rotary_base=10000,
+            rotary_base=config.rotary_base,
             use_cpu_initialization=config.use_cpu_initialization,
         )
         self.decoder = TransformerBlock(

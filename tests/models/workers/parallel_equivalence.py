@@ -13,6 +13,10 @@ largest relative errors over all ranks.
 With ``--time-independent`` the twin is the model's time-independent variant
 (time_conditioning "none": the conformance weights without sigma_map, plus a random constant
 conditioning vector ``cond``); the reference's recorded outputs do not apply to it.
+
+With ``--variant NAME`` the twin has one of the backbone variants of :data:`VARIANTS` (the
+conformance config with those fields replaced) and seeded random weights (every parameter,
+the zero-initialised adaLN and output projections included); the recorded outputs do not apply.
 """
 
 import argparse
@@ -20,6 +24,25 @@ import json
 from pathlib import Path
 
 import torch
+
+
+# Backbone variants (plain.SEDDConfig fields) for the tiny conformance model (hidden 64, 4 heads).
+VARIANTS = {
+    # any MLP width, a head dim other than hidden / heads, another rotary base and norm epsilon
+    "dims": dict(ffn_hidden_size=96, kv_channels=24, rotary_base=500000.0, norm_eps=1e-6),
+    # RMSNorm, SwiGLU, grouped-query attention (2 key/value heads), QK norm
+    "llama": dict(norm="rmsnorm", mlp="swiglu", ffn_hidden_size=128, n_kv_heads=2, qk_norm=True),
+}
+
+
+def randomise(model: torch.nn.Module, seed: int = 7) -> None:
+    """Seeded random values for every parameter: norm weights near 1, the rest N(0, 0.1^2)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            is_norm = "norm" in name and param.ndim == 1
+            param.copy_(1.0 + 0.1 * noise if is_norm else 0.1 * noise)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -93,6 +116,7 @@ def main():
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--cp", type=int, default=1)
     parser.add_argument("--time-independent", action="store_true")
+    parser.add_argument("--variant", choices=sorted(VARIANTS))
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -124,6 +148,11 @@ def main():
             )
             plain = SEDD(dataclasses.replace(plain.config, time_conditioning="none"))
             plain.load_state_dict(weights, strict=True)
+        if args.variant:
+            import dataclasses
+
+            plain = SEDD(dataclasses.replace(plain.config, **VARIANTS[args.variant]))
+            randomise(plain)
         published = plain.config
         graph = get_graph(published.graph, published.tokens)
         batch, length = 2, 16
@@ -157,7 +186,7 @@ def main():
         )
         model = SEDDModel(
             config,
-            get_sedd_layer_spec(use_transformer_engine=False),
+            get_sedd_layer_spec(use_transformer_engine=False, qk_layernorm=config.qk_layernorm),
             vocab_size=padded_vocab_size(config.vocab_rows, args.tp),
             max_sequence_length=length,
             pre_process=parallel_state.is_pipeline_first_stage(),
@@ -190,7 +219,8 @@ def main():
             result["log_score"] = relative_error(gather_vocab(model, shard), ref_log_score.detach())
 
         # The reference's own recorded outputs on its recorded inputs.
-        for name in () if args.time_independent else ("expected_euler", "expected_analytic"):
+        recorded = not (args.time_independent or args.variant)
+        for name in ("expected_euler", "expected_analytic") if recorded else ():
             expected = load_file(Path(args.model_dir) / f"{name}.safetensors")
             x_t, sigma, x0 = expected["perturbed"], expected["sigma"], expected["tokens"]
             shard = run_pipeline(ddp, x_t, sigma)
@@ -208,6 +238,7 @@ def main():
         result["grad_worst"] = max(grad_errors, key=grad_errors.get)
         result["grad_bad"] = sorted(k for k, v in grad_errors.items() if v > 1e-5)
         result["grads_checked"] = len(grad_errors)
+        result["plain_parameters"] = len(ref_grads)
 
         everything = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(everything, result)
