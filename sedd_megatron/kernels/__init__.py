@@ -1,8 +1,8 @@
 """Fused Triton kernels (forward and backward) for the element-wise parts of a DiT/adaLN layer.
 
-Pure PyTorch + Triton (no Megatron): LayerNorm + adaLN modulation (``adaln``), gated residual
-with bias and dropout (``residual``), bias + tanh-GELU (``gelu``) and the score-entropy shard
-statistics (``score_entropy``). Each op runs its Triton kernels when triton is available and
+Pure PyTorch + Triton (no Megatron): LayerNorm or RMSNorm + adaLN modulation (``adaln``), gated
+residual with bias and dropout (``residual``), bias + tanh-GELU (``gelu``) and the score-entropy
+shard statistics (``score_entropy``). Each op runs its Triton kernels when triton is available and
 the tensors are on CUDA (or, in tests, on the CPU under Triton's interpreter: see ``dispatch``),
 else its unfused torch reference; ``fused=False`` forces the reference.
 """

@@ -1,22 +1,25 @@
-"""Fused LayerNorm + adaLN modulation (forward and backward Triton kernels).
+"""Fused LayerNorm or RMSNorm + adaLN modulation (forward and backward Triton kernels).
 
 For x of shape ``[..., b, H]`` flattened to rows ``[R, H]`` (row r belongs to batch r % b),
 weight ``[H]`` and the per-batch modulation shift, scale ``[b, H]``, all math in fp32:
 
-    mean = sum(x) / H,   rstd = 1 / sqrt(sum((x - mean)^2) / H + eps)
-    xhat = (x - mean) * rstd
+    LayerNorm:  mean = sum(x) / H,   rstd = 1 / sqrt(sum((x - mean)^2) / H + eps)
+                xhat = (x - mean) * rstd
+    RMSNorm:    rstd = 1 / sqrt(sum(x^2) / H + eps),   xhat = x * rstd
     y    = xhat * w * (1 + scale[b]) + shift[b]          (stored in x.dtype)
 
 Backward, with g = dy * w * (1 + scale[b]):
 
-    dx        = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    dx        = rstd * (g - mean(g) - xhat * mean(g * xhat))      (LayerNorm)
+    dx        = rstd * (g - xhat * mean(g * xhat))                (RMSNorm)
     dshift[b] = sum over batch b's rows of dy
     dscale[b] = w * sum over batch b's rows of dy * xhat
     dweight   = sum over all rows of dy * xhat * (1 + scale[b])
 
-The forward runs one program per row and saves mean and rstd (fp32 [R]) next to x. The
-backward runs a (batch, chunk of sequence rows) grid: each program writes dx for its rows and
-fp32 partial sums of dy and dy * xhat to ``[n_chunks, b, H]`` buffers that torch then sums.
+One kernel pair serves both norms (the ``RMS`` constexpr). The forward runs one program per row
+and saves rstd (fp32 [R]) next to x, and for LayerNorm the mean too. The backward runs a (batch,
+chunk of sequence rows) grid: each program writes dx for its rows and fp32 partial sums of dy and
+dy * xhat to ``[n_chunks, b, H]`` buffers that torch then sums.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ if HAVE_TRITON:
         stride_scale,
         eps,
         BLOCK_H: tl.constexpr,
+        RMS: tl.constexpr,
     ):
-        """One row: y = (x - mean) * rstd * w * (1 + scale[b]) + shift[b]."""
+        """One row: y = xhat * w * (1 + scale[b]) + shift[b], xhat = (x - mean) * rstd (RMS:
+        x * rstd, no mean)."""
         row = tl.program_id(0)
         b = row % n_batch
         cols = tl.arange(0, BLOCK_H)
@@ -68,9 +73,12 @@ if HAVE_TRITON:
         offs = row.to(tl.int64) * H + cols
 
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=0) / H
-        xc = tl.where(mask, x - mean, 0.0)
-        var = tl.sum(xc * xc, axis=0) / H
+        if RMS:
+            xc = x  # masked columns loaded as 0
+        else:
+            mean = tl.sum(x, axis=0) / H
+            xc = tl.where(mask, x - mean, 0.0)
+        var = tl.sum(xc * xc, axis=0) / H  # RMS: the mean square
         rstd = tl.rsqrt(var + eps)
 
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -78,7 +86,8 @@ if HAVE_TRITON:
         scale = tl.load(scale_ptr + b * stride_scale + cols, mask=mask, other=0.0)
         y = (xc * rstd * w) * (1.0 + scale.to(tl.float32)) + shift.to(tl.float32)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.store(mean_ptr + row, mean)
+        if not RMS:
+            tl.store(mean_ptr + row, mean)
         tl.store(rstd_ptr + row, rstd)
 
     def _ln_modulate_bwd(
@@ -97,6 +106,7 @@ if HAVE_TRITON:
         stride_scale,
         rows_per_chunk,
         BLOCK_H: tl.constexpr,
+        RMS: tl.constexpr,
     ):
         """Rows s*b + batch for s in this chunk: dx, plus partial sums of dy and dy * xhat."""
         batch = tl.program_id(0)
@@ -118,14 +128,20 @@ if HAVE_TRITON:
             offs = row * H + cols
             dy = tl.load(dy_ptr + offs, mask=row_mask, other=0.0).to(tl.float32)
             x = tl.load(x_ptr + offs, mask=row_mask, other=0.0).to(tl.float32)
-            mean = tl.load(mean_ptr + row, mask=in_seq, other=0.0)
             rstd = tl.load(rstd_ptr + row, mask=in_seq, other=0.0)
-            xhat = tl.where(row_mask, (x - mean) * rstd, 0.0)
+            if RMS:
+                xhat = tl.where(row_mask, x * rstd, 0.0)
+            else:
+                mean = tl.load(mean_ptr + row, mask=in_seq, other=0.0)
+                xhat = tl.where(row_mask, (x - mean) * rstd, 0.0)
 
             g = dy * w_mod
-            mean_g = tl.sum(g, axis=0) / H
             mean_g_xhat = tl.sum(g * xhat, axis=0) / H
-            dx = rstd * (g - mean_g - xhat * mean_g_xhat)
+            if RMS:
+                dx = rstd * (g - xhat * mean_g_xhat)
+            else:
+                mean_g = tl.sum(g, axis=0) / H
+                dx = rstd * (g - mean_g - xhat * mean_g_xhat)
             tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=row_mask)
 
             acc_dy += dy
@@ -154,7 +170,7 @@ class _LayerNormModulate(torch.autograd.Function):
     """Triton forward/backward of :func:`layer_norm_modulate` (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, weight, shift, scale, eps):
+    def forward(ctx, x, weight, shift, scale, eps, rms):
         hidden, n_batch = x.shape[-1], shift.shape[0]
         x2 = x.reshape(-1, hidden).contiguous()
         w = weight.contiguous()
@@ -162,8 +178,9 @@ class _LayerNormModulate(torch.autograd.Function):
         n_rows = x2.shape[0]
 
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # not a view: see residual.py
-        mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+        # RMSNorm has no mean: the kernels neither write nor read mean_ptr (given rstd's)
+        mean = rstd if rms else torch.empty(n_rows, dtype=torch.float32, device=x.device)
         block = next_power_of_2(hidden)
         _kernels()[0][(n_rows,)](
             x2,
@@ -179,9 +196,11 @@ class _LayerNormModulate(torch.autograd.Function):
             scale_r.stride(0),
             eps,
             BLOCK_H=block,
+            RMS=rms,
             num_warps=num_warps_for(block),
         )
         ctx.save_for_backward(x2, w, scale_r, mean, rstd)
+        ctx.rms = rms
         ctx.x_shape = x.shape
         ctx.shift_dtype = shift.dtype
         return y
@@ -215,13 +234,14 @@ class _LayerNormModulate(torch.autograd.Function):
             scale_r.stride(0),
             rows_per_chunk,
             BLOCK_H=block,
+            RMS=ctx.rms,
             num_warps=num_warps_for(block, values_per_warp=256),
         )
         dy_xhat = part_dy_xhat.sum(0)  # [b, H] fp32
         dshift = part_dy.sum(0).to(ctx.shift_dtype)
         dscale = (dy_xhat * w.float()).to(scale_r.dtype)
         dweight = (dy_xhat * (1.0 + scale_r.float())).sum(0).to(w.dtype)
-        return dx, dweight, dshift, dscale, None
+        return dx, dweight, dshift, dscale, None, None
 
 
 def layer_norm_modulate_reference(
@@ -230,13 +250,20 @@ def layer_norm_modulate_reference(
     shift: torch.Tensor,
     scale: torch.Tensor,
     eps: float = 1e-5,
+    rms: bool = False,
 ) -> torch.Tensor:
-    """Unfused torch version: fp32 LayerNorm times weight, then ``* (1 + scale) + shift``.
+    """Unfused torch version: fp32 LayerNorm (``rms``: RMSNorm) times weight, then
+    ``* (1 + scale) + shift``.
 
     shift and scale ``[b, H]`` broadcast over the leading (sequence) dims of x ``[..., b, H]``
     exactly as ``unsqueeze(0)`` would.
     """
-    h = F.layer_norm(x.float(), (x.shape[-1],), eps=eps) * weight.float()
+    xf = x.float()
+    if rms:
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        normed = F.layer_norm(xf, (x.shape[-1],), eps=eps)
+    h = normed * weight.float()
     return (h * (1 + scale.float()) + shift.float()).to(x.dtype)
 
 
@@ -265,8 +292,10 @@ def layer_norm_modulate(
     eps: float = 1e-5,
     *,
     fused: bool = True,
+    rms: bool = False,
 ) -> torch.Tensor:
-    """``LayerNorm(x) * weight * (1 + scale) + shift`` in fp32, returned in x.dtype.
+    """``LayerNorm(x) * weight * (1 + scale) + shift`` in fp32, returned in x.dtype; ``rms``
+    normalises with RMSNorm (no mean subtracted) instead.
 
     x ``[..., b, H]``, weight ``[H]``, shift and scale ``[b, H]`` (broadcast over the leading
     dims). Runs the fused Triton kernels when ``fused`` and the tensors allow it (see
@@ -278,5 +307,5 @@ def layer_norm_modulate(
         fusable = fused and x.numel() > 0 and x.shape[-1] <= MAX_FUSED_HIDDEN
         fusable = fusable and kernel_dtypes_ok(x, weight, shift, scale)
         if not (fusable and triton_usable(x, weight, shift, scale)):
-            return layer_norm_modulate_reference(x, weight, shift, scale, eps)
-    return _LayerNormModulate.apply(x, weight, shift, scale, float(eps))
+            return layer_norm_modulate_reference(x, weight, shift, scale, eps, rms)
+    return _LayerNormModulate.apply(x, weight, shift, scale, float(eps), bool(rms))

@@ -1,4 +1,5 @@
-"""layer_norm_modulate: the Triton kernels (interpreter, CPU tensors) against the torch reference.
+"""layer_norm_modulate: the Triton kernels (interpreter, CPU tensors) against the torch reference,
+for LayerNorm and for RMSNorm (``rms=True``).
 
 fp32: forward and every gradient agree with the reference to fp32 rounding (rtol/atol 1e-5;
 the kernels sum in another order). bf16: the fused op and the reference are both compared with
@@ -6,6 +7,8 @@ the exact fp64 result (see ``check_bf16`` in conftest.py: one bf16 ulp, no worse
 reference by more than one ulp). Shapes cover odd, non-power-of-two and tiny hidden sizes, and
 a backward split into many row chunks with a ragged last one.
 """
+
+import functools
 
 import pytest
 import torch
@@ -48,20 +51,24 @@ def _run(fn, inputs, dy):
     return y, torch.autograd.grad(y, leaves, dy)
 
 
-def _fused(x, w, shift, scale):
-    y = layer_norm_modulate(x, w, shift, scale, EPS)
+def _fused(x, w, shift, scale, rms=False):
+    y = layer_norm_modulate(x, w, shift, scale, EPS, rms=rms)
     assert type(y.grad_fn).__name__ == FUSED_NODE, "the Triton path did not run"
     return y
 
 
-def _reference(x, w, shift, scale):
-    return layer_norm_modulate(x, w, shift, scale, EPS, fused=False)
+def _reference(x, w, shift, scale, rms=False):
+    return layer_norm_modulate(x, w, shift, scale, EPS, fused=False, rms=rms)
 
 
-def _exact(x, w, shift, scale):
-    """The same math in fp64."""
-    h = F.layer_norm(x.double(), (x.shape[-1],), eps=EPS) * w.double()
+def _exact(x, w, shift, scale, rms=False):
+    """The same math in fp64 (torch's own layer_norm / rms_norm)."""
+    norm = F.rms_norm if rms else F.layer_norm
+    h = norm(x.double(), (x.shape[-1],), eps=EPS) * w.double()
     return h * (1 + scale.double()) + shift.double()
+
+
+RMS = pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
 
 
 NAMES = ("y", "dx", "dweight", "dshift", "dscale")
@@ -75,25 +82,28 @@ def _chunking(monkeypatch, min_rows):
 
 
 @pytest.mark.usefixtures("triton_interpreter")
+@RMS
 @pytest.mark.parametrize("shape,min_rows", CASES)
-def test_fp32_matches_reference(shape, min_rows, monkeypatch):
+def test_fp32_matches_reference(shape, min_rows, rms, monkeypatch):
     _chunking(monkeypatch, min_rows)
     inputs, dy = _inputs(shape, torch.float32)
-    y, grads = _run(_fused, inputs, dy)
-    y_ref, grads_ref = _run(_reference, inputs, dy)
+    y, grads = _run(functools.partial(_fused, rms=rms), inputs, dy)
+    y_ref, grads_ref = _run(functools.partial(_reference, rms=rms), inputs, dy)
     for name, got, want in zip(NAMES, (y, *grads), (y_ref, *grads_ref), strict=True):
         assert got.dtype == want.dtype == torch.float32, name
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.usefixtures("triton_interpreter")
+@RMS
 @pytest.mark.parametrize("shape,min_rows", CASES)
-def test_bf16_within_one_ulp_of_exact(shape, min_rows, monkeypatch, check_bf16):
+def test_bf16_within_one_ulp_of_exact(shape, min_rows, rms, monkeypatch, check_bf16):
     _chunking(monkeypatch, min_rows)
     inputs, dy = _inputs(shape, torch.bfloat16, seed=1)
-    y, grads = _run(_fused, inputs, dy)
-    y_ref, grads_ref = _run(_reference, inputs, dy)
-    y_ex, grads_ex = _run(_exact, [t.double() for t in inputs], dy.double())
+    y, grads = _run(functools.partial(_fused, rms=rms), inputs, dy)
+    y_ref, grads_ref = _run(functools.partial(_reference, rms=rms), inputs, dy)
+    exact = functools.partial(_exact, rms=rms)
+    y_ex, grads_ex = _run(exact, [t.double() for t in inputs], dy.double())
     for name, got, ref, exact in zip(
         NAMES, (y, *grads), (y_ref, *grads_ref), (y_ex, *grads_ex), strict=True
     ):
@@ -160,6 +170,41 @@ def test_unfused_is_the_reference_exactly():
     h = F.layer_norm(x.float(), (100,), eps=EPS) * w.float()
     spec = (h * (1 + scale.float().unsqueeze(0)) + shift.float().unsqueeze(0)).to(x.dtype)
     assert torch.equal(y, spec)
+    y_rms = layer_norm_modulate(x, w, shift, scale, EPS, fused=False, rms=True)
+    assert torch.equal(y_rms, layer_norm_modulate_reference(x, w, shift, scale, EPS, rms=True))
+
+
+@pytest.mark.parametrize("eps", [EPS, 0.5])
+def test_rms_reference_is_rms_norm(eps):
+    """The rms reference against torch's rms_norm in fp64 (independent formula), eps included:
+    float32 results within fp32 rounding of the exact ones."""
+    (x, w, shift, scale), _ = _inputs((6, 3, 40), torch.float32, seed=5)
+    got = layer_norm_modulate_reference(x, w, shift, scale, eps, rms=True)
+    h = F.rms_norm(x.double(), (40,), weight=w.double(), eps=eps)
+    want = h * (1 + scale.double()) + shift.double()
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+
+@RMS
+@pytest.mark.parametrize("fused", [False, True], ids=["reference", "fused"])
+def test_rms_flag_selects_the_norm(fused, rms, request):
+    """On input with a nonzero row mean the two norms differ; each path gives the one asked for
+    (the fp64 truth of that norm), so neither path can ignore the flag."""
+    if fused:
+        request.getfixturevalue("triton_interpreter")
+    (x, w, shift, scale), dy = _inputs((4, 2, 32), torch.float32, seed=6)
+    x = x + 3.0  # row means far from zero
+    run = functools.partial(_fused if fused else _reference, rms=rms)
+    y, grads = _run(run, [x, w, shift, scale], dy)
+    for other in (False, True):
+        y_ex, grads_ex = _run(
+            functools.partial(_exact, rms=other), [t.double() for t in (x, w, shift, scale)], dy
+        )
+        same = all(
+            torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4)
+            for got, want in zip((y, *grads), (y_ex, *grads_ex), strict=True)
+        )
+        assert same == (other == rms), f"rms={rms}: matches the rms={other} truth: {same}"
 
 
 @pytest.mark.usefixtures("triton_interpreter")

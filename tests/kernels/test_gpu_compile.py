@@ -80,15 +80,17 @@ def _case(module, case_id, op, params, flags):
 
 def _cases() -> list[dict]:
     cases = []
-    # adaLN up to the widest row its launcher fuses (one row per program: the most registers)
-    for hidden, dtype in itertools.product(HIDDEN_SIZES, LAYER_DTYPES):
+    # adaLN up to the widest row its launcher fuses (one row per program: the most registers),
+    # with LayerNorm and with RMSNorm
+    for hidden, dtype, rms in itertools.product(HIDDEN_SIZES, LAYER_DTYPES, (False, True)):
+        flags = {"RMS": rms}
         cases.append(
             _case(
                 "adaln",
-                f"H{hidden}-{dtype}",
+                f"H{hidden}-{dtype}{'-rms' if rms else ''}",
                 "adaln",
-                {"hidden": hidden, "dtype": dtype},
-                {"_ln_modulate_fwd": {}, "_ln_modulate_bwd": {}},
+                {"hidden": hidden, "dtype": dtype, "rms": rms},
+                {"_ln_modulate_fwd": flags, "_ln_modulate_bwd": flags},
             )
         )
     for hidden, dtype in itertools.product(HIDDEN_SIZES, LAYER_DTYPES):
@@ -166,11 +168,14 @@ def _cases() -> list[dict]:
         cases += [
             _case(
                 "adaln",
-                f"H{hidden}-bf16-mb1",
+                f"H{hidden}-bf16-mb1{'-rms' if rms else ''}",
                 "adaln",
-                {"hidden": hidden, "dtype": "bf16", **SHORT_CHUNKS},
-                {"_ln_modulate_fwd": {}, "_ln_modulate_bwd": {}},
-            ),
+                {"hidden": hidden, "dtype": "bf16", "rms": rms, **SHORT_CHUNKS},
+                {"_ln_modulate_fwd": {"RMS": rms}, "_ln_modulate_bwd": {"RMS": rms}},
+            )
+            for rms in (False, True)
+        ]
+        cases += [
             _case(
                 "residual",
                 f"H{hidden}-bf16-bias-dropout-mb1",
@@ -349,13 +354,13 @@ def _leaf(torch, dtype, *shape):
     return torch.empty(*shape, dtype=_dtype(torch, dtype), requires_grad=True)
 
 
-def _run_adaln(torch, module, hidden, dtype, seq=SEQ, batch=BATCH):
+def _run_adaln(torch, module, hidden, dtype, rms, seq=SEQ, batch=BATCH):
     x = _leaf(torch, dtype, seq, batch, hidden)
     weight = _leaf(torch, dtype, hidden)
     # shift and scale are column slices of the [b, 6H] adaLN projection, as in the model
     modulation = _leaf(torch, dtype, batch, 6 * hidden)
     shift, scale = modulation[:, :hidden], modulation[:, hidden : 2 * hidden]
-    y = module.layer_norm_modulate(x, weight, shift, scale, 1e-6)
+    y = module.layer_norm_modulate(x, weight, shift, scale, 1e-6, rms=rms)
     y.backward(torch.empty_like(y))
 
 

@@ -24,6 +24,9 @@ def _cases():
     yield "layer_norm_modulate", (x, w, shift, scale), lambda: layer_norm_modulate(
         x, w, shift, scale
     )
+    yield "layer_norm_modulate_rms", (x, w, shift, scale), lambda: layer_norm_modulate(
+        x, w, shift, scale, rms=True
+    )
     branch, bias, gate, residual = _leaf(S, B, H), _leaf(H), _leaf(B, H), _leaf(S, B, H)
     yield "gated_residual", (branch, bias, gate, residual), lambda: gated_residual(
         branch, bias, gate, residual, p=0.1, training=True
@@ -32,7 +35,9 @@ def _cases():
     yield "bias_gelu", (y, b), lambda: bias_gelu(y, b)
 
 
-@pytest.mark.parametrize("name", ["layer_norm_modulate", "gated_residual", "bias_gelu"])
+@pytest.mark.parametrize(
+    "name", ["layer_norm_modulate", "layer_norm_modulate_rms", "gated_residual", "bias_gelu"]
+)
 def test_outputs_and_gradients_are_not_views(triton_interpreter, name):
     from megatron.core.pipeline_parallel.schedules import custom_backward, deallocate_output_tensor
 
