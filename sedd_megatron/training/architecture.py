@@ -47,7 +47,7 @@ SUPPORTED = (
     Supported("--ffn-hidden-size F", "any MLP width (TP divides F)"),
     Supported("--kv-channels D", "any even head dim (the attention width is heads x D)"),
     Supported("--rotary-base B", "any rotary base"),
-    Supported("--layernorm-epsilon E", "the epsilon of every norm"),
+    Supported("--norm-epsilon E", "the epsilon of every norm"),
 )  # fmt: skip
 
 REFUSED = (
@@ -72,8 +72,8 @@ REFUSED = (
             lambda a: _get(a, "glu_linear_offset", 0.0) not in (0, 0.0, None)
             or _get(a, "activation_func_clamp_value") is not None,
             "SwiGLU is silu(gate) * up, without offset or clamp"),
-    Refused("--add-bias-linear, --add-qkv-bias",
-            lambda a: _get(a, "add_bias_linear") or _get(a, "add_qkv_bias"),
+    Refused("--add-qkv-bias",
+            lambda a: _get(a, "add_qkv_bias"),
             "the attention projections have no bias (the reference); the MLP always has one"),
     Refused("--num-experts",
             lambda a: bool(_get(a, "num_experts")),
@@ -110,7 +110,7 @@ def architecture_problems(args) -> list[str]:
         )
     epsilon = _get(args, "layernorm_epsilon", 1e-5)
     if not epsilon > 0:
-        problems.append(f"--layernorm-epsilon must be positive, got {epsilon}")
+        problems.append(f"--norm-epsilon must be positive, got {epsilon}")
     base = _get(args, "rotary_base", 10000)
     if not base > 0:
         problems.append(f"--rotary-base must be positive, got {base}")
@@ -161,7 +161,7 @@ def backbone_flags(config) -> list[str]:
     if config.norm == "rmsnorm":
         flags += ["--normalization", "RMSNorm"]
     if config.norm_eps != 1e-5:
-        flags += ["--layernorm-epsilon", repr(float(config.norm_eps))]
+        flags += ["--norm-epsilon", repr(float(config.norm_eps))]
     if config.mlp == "swiglu":
         flags.append("--swiglu")
     if config.qk_norm:
