@@ -200,3 +200,16 @@ def test_save_pretrained_reads_back_only_the_config(tmp_path, monkeypatch):
     checksums._VERIFIED.clear()
     assert checksums.verify_directory(out)
     assert SEDD.from_pretrained(out).config == model.config
+
+
+def test_digests_kept_are_bounded_and_the_rest_read_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "MAX_WRITTEN", 2)
+    monkeypatch.setattr(checksums, "_WRITTEN", {})
+    for name in "abc":
+        with checksums.HashingWriter(tmp_path / name) as f:
+            f.write(name.encode() * 10)
+    assert [p.rsplit("/", 1)[-1] for p in checksums._WRITTEN] == ["b", "c"]  # a, the oldest, gone
+    entries = json.loads(checksums.write_manifest(tmp_path).read_text())["files"]
+    assert [e["xxh3_128"] for e in entries] == [
+        xxhash.xxh3_128(n.encode() * 10).hexdigest() for n in "abc"
+    ]
