@@ -25,7 +25,8 @@ files added 28 % and 2-25 % (three runs); SHA-256 by re-reading took as long as 
 Files re-read are read in 4 MiB chunks and hashed in parallel threads (the hashers release the
 GIL).
 
-This module imports nothing of the package but ``atomic`` and ``errors``.
+This module imports nothing of the package but ``atomic`` and ``errors`` (and Megatron only
+inside :func:`hash_megatron_shard_writes`).
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ class HashingWriter:
     and file writes release the GIL), and returns when both are done, so the caller may reuse
     its buffer. On ``close`` the digest is kept with the file's size, modification time and
     inode, and :func:`write_manifest` takes it instead of re-reading the file while those are
-    unchanged. A ``seek``, ``truncate`` or ``writelines`` makes the stream unhashed (the
-    manifest then re-reads the file). Other attributes are the file's.
+    unchanged (a rewrite to the same size within the file system's timestamp granularity, a few
+    milliseconds, would go unnoticed; nothing here rewrites a checkpoint file). A ``seek``,
+    ``truncate``, ``writelines`` or failed write makes the stream unhashed (the manifest then
+    re-reads the file). Other attributes are the file's.
     """
 
     def __init__(self, path: str | os.PathLike):
