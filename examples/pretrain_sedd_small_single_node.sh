@@ -9,6 +9,10 @@ set -euo pipefail
 DATA=${1:?data prefix (without .bin/.idx)}
 CKPT=${2:?checkpoint directory}
 GPUS=${GPUS:-8}
+# torchrun sets OMP_NUM_THREADS=1 where it is unset, with a warning on the console: give each
+# process its share of the node's cores instead (an OMP_NUM_THREADS you set is kept)
+CORES=$(nproc)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((CORES / GPUS > 0 ? CORES / GPUS : 1))}
 cd "$(dirname "$0")/.."
 
 torchrun --standalone --nproc_per_node="$GPUS" pretrain_sedd.py \

@@ -120,3 +120,96 @@ def test_a_sha256_manifest_is_verified_too(folder):
     flip_bit(folder / ".metadata", 1)
     with pytest.raises(CheckpointError, match=r"\.metadata: checksum mismatch"):
         checksums.verify_directory(folder)
+
+
+def _state():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return {
+        "big": torch.randn(3 << 18, generator=g),  # 3 MiB: hashed on the pool thread
+        "half": torch.randn(5, 7, generator=g).to(torch.bfloat16),
+        "ids": torch.arange(11),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+def test_safetensors_hashed_while_written_equals_the_reread_manifest(tmp_path, monkeypatch):
+    from safetensors.torch import save
+
+    from sedd_megatron.plain.checkpoint import save_safetensors
+
+    monkeypatch.setattr(checksums, "INLINE_BYTES", 1 << 16)  # several pool-hashed writes
+    monkeypatch.setattr("sedd_megatron.plain.checkpoint.WRITE_CHUNK_BYTES", 1 << 20)
+    state = _state()
+    path = tmp_path / "model.safetensors"
+    save_safetensors(state, path, metadata={"format": "pt"})
+    assert path.read_bytes() == save(state, metadata={"format": "pt"})  # the library's bytes
+
+    reads = []
+    original = checksums.file_digest
+    monkeypatch.setattr(checksums, "file_digest", lambda p, *a: reads.append(p) or original(p))
+    hashed = json.loads(checksums.write_manifest(tmp_path).read_text())
+    assert reads == []  # taken while written: not read back
+    reread = json.loads(checksums.write_manifest(tmp_path).read_text())  # digest consumed
+    assert reads == [tmp_path / "model.safetensors"]
+    assert hashed == reread
+    assert hashed["files"][0]["xxh3_128"] == xxhash.xxh3_128(path.read_bytes()).hexdigest()
+
+    checksums.write_manifest(tmp_path)
+    flip_bit(path)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: checksum mismatch"):
+        checksums.verify_directory(tmp_path)
+
+
+def test_a_file_changed_after_it_was_hashed_is_read_again(tmp_path):
+    import time
+
+    with checksums.HashingWriter(tmp_path / "a.bin") as f:
+        f.write(bytes(range(256)) * 8192)  # 2 MiB: hashed on the pool thread
+    with checksums.HashingWriter(tmp_path / "b.bin") as f:  # moved about: not recorded
+        f.write(b"x" * 100)
+        f.seek(50)
+        f.write(b"y" * 50)
+        f.seek(150)
+        f.write(b"z" * 10)  # as many bytes written as the file holds, in other places
+    with checksums.HashingWriter(tmp_path / "c.bin") as f:  # cut: not recorded
+        f.write(b"x" * 100)
+        f.truncate(50)
+        f.write(b"y" * 50)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    flip_bit(tmp_path / "a.bin")  # same size, new content
+    entries = json.loads(checksums.write_manifest(tmp_path).read_text())["files"]
+    for entry in entries:
+        data = (tmp_path / entry["path"]).read_bytes()
+        assert entry["xxh3_128"] == xxhash.xxh3_128(data).hexdigest()
+    assert checksums.verify_directory(tmp_path)
+
+
+def test_save_pretrained_reads_back_only_the_config(tmp_path, monkeypatch):
+    from sedd_megatron.plain import SEDD
+
+    model = SEDD.from_pretrained(CONFORMANCE_DIR / "tiny_absorb", verify_checksums=False)
+    reads = []
+    original = checksums.file_digest
+    monkeypatch.setattr(checksums, "file_digest", lambda p, *a: reads.append(p.name) or original(p))
+    out = model.save_pretrained(tmp_path / "saved", pytorch_bin=True)
+    assert reads == ["config.json"]
+    monkeypatch.undo()
+    checksums._VERIFIED.clear()
+    assert checksums.verify_directory(out)
+    assert SEDD.from_pretrained(out).config == model.config
+
+
+def test_digests_kept_are_bounded_and_the_rest_read_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "MAX_WRITTEN", 2)
+    monkeypatch.setattr(checksums, "_WRITTEN", {})
+    for name in "abc":
+        with checksums.HashingWriter(tmp_path / name) as f:
+            f.write(name.encode() * 10)
+    assert [p.rsplit("/", 1)[-1] for p in checksums._WRITTEN] == ["b", "c"]  # a, the oldest, gone
+    entries = json.loads(checksums.write_manifest(tmp_path).read_text())["files"]
+    assert [e["xxh3_128"] for e in entries] == [
+        xxhash.xxh3_128(n.encode() * 10).hexdigest() for n in "abc"
+    ]

@@ -134,6 +134,7 @@ def save_release_checkpoint(model, args, directory: Path) -> None:
     }
     release_dir = Path(get_checkpoint_name(str(directory), 0, release=True, return_base_dir=True))
     world.on_rank0(lambda: release_dir.mkdir(parents=True))
+    checksums.hash_megatron_shard_writes()  # rank 0's shards: no re-read for the manifest
     dist_checkpointing.save(
         state,
         str(release_dir),

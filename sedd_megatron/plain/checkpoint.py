@@ -5,16 +5,19 @@ as ``model.safetensors`` and/or ``pytorch_model.bin``. Pickles are only read wit
 ``weights_only=True``; keys and shapes are checked strictly against layout.py, and weights
 holding NaN or Inf are refused (:func:`check_finite`). :func:`save_pretrained` also writes the
 checksum manifest ``sedd_checksums.json`` and :func:`load_pretrained` checks it first
-(``sedd_megatron.checksums``).
+(``sedd_megatron.checksums``); the weights are hashed while they are written
+(:func:`save_safetensors`), so the manifest does not read them back.
 """
 
+import json
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sedd_megatron import checksums
 from sedd_megatron.atomic import atomic_directory
@@ -28,6 +31,54 @@ CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 PYTORCH_BIN_NAME = "pytorch_model.bin"
 WEIGHTS_NAMES = (SAFETENSORS_NAME, PYTORCH_BIN_NAME)  # in order of preference
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+WRITE_CHUNK_BYTES = 16 << 20
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write CPU ``tensors`` as a .safetensors file through a :class:`checksums.HashingWriter`.
+
+    The bytes are the ones ``safetensors.torch.save`` gives (tensors ordered by element size,
+    largest first, then name; compact JSON header padded with spaces to 8 bytes), written
+    straight from the tensors' memory in chunks while a second thread hashes them.
+    """
+    for name, tensor in tensors.items():
+        if tensor.dtype not in SAFETENSORS_DTYPES or tensor.device.type != "cpu":
+            raise ValueError(f"{name}: cannot write a {tensor.dtype} tensor on {tensor.device}")
+    names = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with checksums.HashingWriter(path) as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name in names:
+            flat = tensors[name].detach().contiguous().reshape(-1)
+            data = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b""
+            for start in range(0, len(data), WRITE_CHUNK_BYTES):
+                f.write(data[start : start + WRITE_CHUNK_BYTES])
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -149,8 +200,9 @@ def save_pretrained(
     with atomic_directory(target) as staging:
         model.config.to_json(staging / CONFIG_NAME)
         if safetensors:
-            save_file(state_dict, staging / SAFETENSORS_NAME, metadata={"format": "pt"})
+            save_safetensors(state_dict, staging / SAFETENSORS_NAME, metadata={"format": "pt"})
         if pytorch_bin:
-            torch.save(state_dict, staging / PYTORCH_BIN_NAME)
-        checksums.write_manifest(staging)
+            with checksums.HashingWriter(staging / PYTORCH_BIN_NAME) as f:
+                torch.save(state_dict, f)
+        checksums.write_manifest(staging)  # reads back only config.json
     return target

@@ -16,7 +16,10 @@ atomic:
   just before, the checksum manifest of the iteration it names is written
   (``sedd_megatron.checksums``). Megatron writes the tracker on rank 0 once every rank's files
   are complete (after a barrier, or in the finalize step of an ``--async-save``), so the
-  manifest covers the whole iteration directory.
+  manifest covers the whole iteration directory. The torch_dist shard files a synchronous save
+  writes in this process are hashed while they are written (``hash_megatron_shard_writes``),
+  so the manifest re-reads only the small files, other ranks' shards and an ``--async-save``
+  worker's shards.
 
 - ``OptimizerParamScheduler._check_and_set``: a learning-rate schedule that differs from the
   checkpoint's is a ConfigError naming Megatron's two flags that resolve it (Megatron asserts,
@@ -34,7 +37,7 @@ import time
 import torch
 
 from sedd_megatron.atomic import atomic_write_text
-from sedd_megatron.checksums import write_manifest
+from sedd_megatron.checksums import hash_megatron_shard_writes, write_manifest
 from sedd_megatron.errors import ConfigError
 from sedd_megatron.models.sedd.ema import find_ema
 from sedd_megatron.safe_load import TRACKER_NAME
@@ -171,6 +174,7 @@ def install_training_hooks() -> None:
     from megatron.training import training as mt
 
     _install_atomic_tracker(mc)
+    hash_megatron_shard_writes()
     _wrap_scheduler_check()
 
     original_setup = mt.setup_model_and_optimizer

@@ -8,7 +8,6 @@ from safetensors.torch import load_file, save_file
 
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain import SEDD, reference_keys
-from sedd_megatron.plain import checkpoint as checkpoint_module
 
 
 class NotATensor:
@@ -91,10 +90,18 @@ def test_save_refuses_existing_directory(absorb_model, tmp_path):
 
 
 def test_failed_save_leaves_nothing(absorb_model, tmp_path, monkeypatch):
-    def broken_save_file(*args, **kwargs):
-        raise OSError("disk full")
+    from sedd_megatron.checksums import HashingWriter
 
-    monkeypatch.setattr(checkpoint_module, "save_file", broken_save_file)
+    writes = []
+    original_write = HashingWriter.write
+
+    def write_until_full(self, data):  # the disk fills up in the middle of the weights
+        writes.append(len(data))
+        if len(writes) == 3:
+            raise OSError("disk full")
+        return original_write(self, data)
+
+    monkeypatch.setattr(HashingWriter, "write", write_until_full)
     with pytest.raises(OSError, match="disk full"):
         absorb_model.save_pretrained(tmp_path / "out")
     assert listing(tmp_path) == []

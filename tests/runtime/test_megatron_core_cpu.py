@@ -46,6 +46,7 @@ def test_torch_dist_checkpoint_round_trip(single):
     assert single["ckpt_tensors"] > 0
     assert single["ckpt_differs_before_load"]
     assert single["ckpt_mismatched_after_load"] == []
+    assert single["ckpt_hashed_while_written"] == {"__0_0.distcp": True}  # the shard, as written
 
 
 @pytest.mark.distributed

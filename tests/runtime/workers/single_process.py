@@ -3,7 +3,8 @@
 - a TransformerBlock (local spec) runs forward and backward;
 - the RNG tracker forks the CPU generator with Megatron's seeds and restores the outer state;
 - a tiny GPTModel's sharded state dict survives a ``torch_dist`` save and load into a model
-  initialised from another seed.
+  initialised from another seed; the save's shard files are hashed while Megatron writes them
+  (``checksums.hash_megatron_shard_writes``), as the file's bytes hash.
 
 Usage: single_process.py CHECKPOINT_DIR
 """
@@ -48,9 +49,16 @@ def rng_tracker(seed: int) -> dict:
 def checkpoint_round_trip(ckpt_dir: str) -> dict:
     from megatron.core import dist_checkpointing, tensor_parallel
 
+    from sedd_megatron import checksums
+
     os.makedirs(ckpt_dir, exist_ok=True)
     model = tiny_gpt(tiny_config())
+    checksums.hash_megatron_shard_writes()
     dist_checkpointing.save(model.sharded_state_dict(), ckpt_dir)
+    hashed = {
+        os.path.relpath(path, os.path.realpath(ckpt_dir)): digest == checksums.file_digest(path)
+        for path, (_, digest) in checksums._WRITTEN.items()
+    }
     saved = {k: v.detach().clone() for k, v in model.state_dict().items() if v is not None}
 
     torch.manual_seed(999)
@@ -66,6 +74,7 @@ def checkpoint_round_trip(ckpt_dir: str) -> dict:
         "ckpt_differs_before_load": differs_before,
         "ckpt_mismatched_after_load": mismatched,
         "ckpt_tensors": len(saved),
+        "ckpt_hashed_while_written": hashed,  # relative name -> equals the file's digest
     }
 
 
