@@ -104,7 +104,7 @@ def readme_commands() -> list[Command]:
     commands, block, group = [], None, 0
     for lineno, line in enumerate((REPO / "README.md").read_text().splitlines(), 1):
         if block is None:
-            if match := _FENCE.match(line):
+            if _FENCE.match(line):
                 block, group = [], group + 1
             continue
         if line.startswith("```"):
