@@ -88,7 +88,7 @@ class _ScoreCache:
 
 
 class Sampler:
-    """Draws token sequences from a score model (``models.score_model.ScoreModel``) with ``options``."""
+    """Draws token sequences from a score model (a ``ScoreModel``) with ``options``."""
 
     def __init__(self, model, options: SamplingOptions | None = None):
         options = options or SamplingOptions()
