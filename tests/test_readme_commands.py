@@ -240,15 +240,15 @@ class Runner:
         elif program == "sbatch":
             script = next(w for w in words[1:] if not w.startswith("-"))
             rest = words[words.index(script) + 1 :]
-            self._run_script(cmd, ["bash", script, *rest], assignments)
+            self._run_script(cmd, ["bash", str(REPO / script), *rest], assignments)
         elif program == "bash" or program.endswith(".sh"):
-            args = words[1:] if program == "bash" else words
-            self._run_script(cmd, ["bash", *args], assignments)
+            script, *rest = words[1:] if program == "bash" else words
+            self._run_script(cmd, ["bash", str(REPO / script), *rest], assignments)
         else:
             raise AssertionError(f"{cmd.source}: no rule for {program!r}")
 
-    def _check(self, cmd: Command, argv: list[str], assignments: dict[str, str]) -> None:
-        done = subprocess.run(argv, cwd=REPO, env=self.env(assignments), capture_output=True,
+    def _check(self, cmd: Command, argv: list[str], assignments: dict[str, str], cwd=REPO) -> None:
+        done = subprocess.run(argv, cwd=cwd, env=self.env(assignments), capture_output=True,
                               text=True, timeout=_TIMEOUT)  # fmt: skip
         self.results[cmd.source] = (
             "" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-2000:]}"
@@ -256,7 +256,7 @@ class Runner:
 
     def _run_script(self, cmd: Command, argv: list[str], assignments: dict[str, str]) -> None:
         self.record.write_text("")
-        self._check(cmd, argv, assignments)
+        self._check(cmd, argv, assignments, cwd=self.tmp)  # the scripts' default outputs: tmp
         if self.results[cmd.source]:
             return
         for line in self.record.read_text().splitlines():
