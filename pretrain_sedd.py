@@ -1,7 +1,7 @@
 """Pretrain a SEDD (score entropy discrete diffusion) language model with Megatron-Core.
 
     torchrun --nproc_per_node=8 pretrain_sedd.py --config configs/sedd_small_absorb.yaml \
-        --data-path my_corpus_text_document --save ckpt/ --load ckpt/
+        --data-path /data/corpus_text_document --save ckpt/ --load ckpt/
 
 All of Megatron's flags apply (see ``--help``), plus the SEDD group (``--sedd-*``, ``--ema-decay``).
 """

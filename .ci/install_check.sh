@@ -21,7 +21,7 @@ rm -rf "$WORK/dist" "$WORK/container" "$WORK/run"
 "$py" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$root"
 "$base" -m venv "$WORK/container"
 c="$WORK/container/bin/python"
-# the 'container': its own torch first (numpy < 2.4: torch 2.11's triton 3.6 interpreter, see README)
+# the 'container': its own torch first (numpy < 2.4: torch 2.11's triton 3.6 interpreter, see docs/usage.md §8)
 retry "$c" -m pip install --quiet "torch==$OTHER_TORCH" "numpy<2.4"
 before="$("$c" -c 'import torch; print(torch.__version__)')"
 retry "$c" -m pip install --quiet "$WORK"/dist/sedd_megatron-*.whl

@@ -10,8 +10,8 @@
 #
 # Works on a bare GPU machine: torch is whatever is installed (the checkout goes on PYTHONPATH;
 # nothing is pip-installed over torch), and megatron-core (with any other wheel the machine
-# lacks) is installed from .whl/ into a temporary directory when it does not import (README:
-# "Running on a GPU machine"). PYTHON picks the interpreter (default: python3). Without CUDA it
+# lacks) is installed from .whl/ into a temporary directory when it does not import (docs/usage.md
+# §10). PYTHON picks the interpreter (default: python3). Without CUDA it
 # says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ if ! "$PY" -c 'import megatron.core' 2>/dev/null; then
     wheels=(.whl/*.whl)
     if [ ${#wheels[@]} -eq 0 ]; then
         echo "gpu_check: megatron-core does not import and .whl/ holds no wheels (see the" \
-            "README, 'Running on a GPU machine')" >&2
+            "docs/usage.md §10)" >&2
         exit 1
     fi
     site=$(mktemp -d)

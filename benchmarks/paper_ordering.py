@@ -339,7 +339,7 @@ def main(argv=None) -> dict:
 
 
 def print_table(records: dict, comparison: dict) -> None:
-    """The results as a Markdown table (what the README shows) and the comparison."""
+    """The results as a Markdown table (what docs/paper_ordering.md shows) and the comparison."""
     print("\n| model | training tokens | PTB test perplexity | 95 % interval | nats/token "
           "| complete bound | final validation loss |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

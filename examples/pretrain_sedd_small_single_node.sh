@@ -2,9 +2,9 @@
 # SEDD-small (absorb) on one node with 8 GPUs: tensor parallel 1, data parallel 8, bf16, the
 # distributed optimizer. Data: a Megatron indexed dataset built with tools/preprocess_data.py
 # (GPT-2 BPE, EOS after every document), e.g.
-#   python tools/preprocess_data.py --input owt.jsonl --json-keys text \
-#       --output-prefix /data/owt --workers 32
-# Usage: examples/pretrain_sedd_small_single_node.sh /data/owt_text /checkpoints/sedd_small
+#   python tools/preprocess_data.py --input owt.jsonl --output-prefix /data/owt --workers 32
+# writes /data/owt_text_document.bin/.idx (Megatron's PREFIX_KEY_document naming).
+# Usage: examples/pretrain_sedd_small_single_node.sh /data/owt_text_document /checkpoints/sedd_small
 set -euo pipefail
 DATA=${1:?data prefix (without .bin/.idx)}
 CKPT=${2:?checkpoint directory}

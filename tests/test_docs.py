@@ -6,6 +6,10 @@
   .yaml or .sh file points to an existing document with a heading numbered N.
 - Inside docs/, cross-references ``<file>.md §N`` and links ``<file>.md#anchor`` resolve, every
   document is listed in docs/README.md, and the repository paths the documents name exist.
+- README.md: the paths, links and module names it gives exist; the numbers that describe the code
+  are the code's (the bad-input case count, the SEDD flag table's defaults, the console scripts,
+  the upstream fixes `FIXES` names) or the pages' that measured them (tolerances, results); its
+  Python snippets run as written, and docs/usage.md's compile (and run where self-contained).
 """
 
 import os
@@ -149,3 +153,209 @@ def test_paths_named_in_docs_exist(doc):
         if not any(list(c.parent.glob(c.name)) for c in candidates):
             missing.append(name)
     assert not missing, f"docs/{doc} names paths that do not exist: {missing}"
+
+
+# ------------------------------------------------------------------------ the top-level README
+README = REPO / "README.md"
+MODULE = re.compile(r"`(sedd_megatron(?:\.\w+)+)")
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def _resolves(dotted: str) -> bool:
+    """``sedd_megatron.a.b`` names a module or package of the repository, or a name defined or
+    imported in the deepest one of them that exists."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        base = REPO.joinpath(*parts[:n])
+        source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if not source.is_file():
+            continue
+        rest = parts[n:]
+        if not rest:
+            return True
+        name = re.escape(rest[0])
+        defined = (
+            rf"\b(?:def|class)\s+{name}\b"  # a definition
+            rf"|^{name}\s*[=:]"  # a module-level assignment
+            rf"|import[^\n]*\b{name}\b|^\s+{name},$"  # an import
+            rf"|[\"']{name}[\"']\s*:"  # a lazily imported name ("name": "module")
+        )
+        return re.search(defined, read(source), re.M) is not None
+    return False
+
+
+@pytest.mark.parametrize("doc", ["README.md", *sorted(f"docs/{p.name}" for p in DOCS.glob("*.md"))])
+def test_module_names_exist(doc):
+    path = REPO / doc
+    missing = sorted({m for m in MODULE.findall(read(path)) if not _resolves(m)})
+    assert not missing, f"{doc} names modules or objects that do not exist: {missing}"
+
+
+def test_paths_named_in_readme_exist():
+    missing = []
+    for name in sorted(set(PATH.findall(read(README)))):
+        if "/" in name and not list(REPO.glob(name)) and not (REPO / "sedd_megatron").glob(name):
+            missing.append(name)
+    links = re.findall(r"\]\(((?:docs|examples|tests|configs|benchmarks)/[^)#\s]+)", read(README))
+    missing += [link for link in links if not (REPO / link).exists()]
+    assert not missing, f"README.md names paths that do not exist: {missing}"
+
+
+def test_readme_links_resolve():
+    """Links from README.md to docs/ anchors, and to its own headings."""
+    problems, text = [], read(README)
+    for target, anchor in re.findall(r"\]\((docs/[A-Za-z0-9_-]+\.md)#([^)\s]+)\)", text):
+        anchors = {
+            github_anchor(h.lstrip("#"))
+            for h in read(REPO / target).splitlines()
+            if h.startswith("#")
+        }  # noqa: E501
+        if anchor not in anchors:
+            problems.append(f"{target}#{anchor}")
+    own = {github_anchor(h.lstrip("#")) for h in text.splitlines() if h.startswith("#")}
+    problems += [f"#{a}" for a in re.findall(r"\]\(#([^)\s]+)\)", text) if a not in own]
+    assert not problems, f"README.md links to missing anchors: {problems}"
+
+
+def test_bad_input_case_count_is_the_tables():
+    from tests.test_bad_inputs import CASES
+
+    for path in (README, DOCS / "runtime.md"):
+        counts = re.findall(r"runs (\d+) such cases", read(path))
+        assert counts, f"{path.name}: the bad-input case count is gone"
+        assert counts == [str(len(CASES))] * len(counts), (path.name, counts, len(CASES))
+
+
+def test_sedd_flag_table_matches_the_parser():
+    """Every flag of the SEDD group is in README's table, with the parser's default."""
+    import argparse
+
+    from sedd_megatron.training.arguments import add_sedd_args
+
+    parser = add_sedd_args(argparse.ArgumentParser())
+    group = next(g for g in parser._action_groups if g.title.startswith("SEDD"))
+    text = read(README)
+    section = text[text.index("## SEDD flags") :]
+    section = section[: section.index("\n## ")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--"):
+            for flag in re.findall(r"`(--[^` ]+)", cells[0]):
+                rows[flag.replace("[no-]", "")] = cells[1]
+    problems = []
+    for action in group._group_actions:
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if flag not in rows:
+            problems.append(f"{flag}: not in the table")
+            continue
+        default = action.default
+        if isinstance(action, argparse._StoreFalseAction):
+            continue  # --no-X: on unless given
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            values = [float(v) for v in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", rows[flag])]
+            if flag == "--sedd-sigma-max":
+                values = values[1:]  # the row "--sedd-sigma-min, --sedd-sigma-max": "1e-4, 20"
+            if not values or values[0] != float(default):
+                problems.append(f"{flag}: table says {rows[flag]!r}, parser {default}")
+        elif isinstance(default, str) and f"`{default}`" != rows[flag]:
+            problems.append(f"{flag}: table says {rows[flag]!r}, parser {default!r}")
+        elif default is True and rows[flag] != "on":
+            problems.append(f"{flag}: table says {rows[flag]!r}, parser on")
+    assert not problems, "\n".join(problems)
+
+
+def test_console_scripts_are_setup_pys():
+    scripts = set(re.findall(r'"(sedd-[a-z]+)=', read(REPO / "setup.py")))
+    assert scripts, "no console scripts found in setup.py"
+    for path in (README, DOCS / "usage.md"):
+        sentence = re.search(
+            r"installs the console scripts (.*?), the same programs", read(path), re.S
+        )
+        named = set(re.findall(r"`(sedd-[a-z]+)`", sentence.group(1)))
+        assert named == scripts, (path.name, named, scripts)
+
+
+def test_runtime_md_fixes_sentence_matches_fixes():
+    from sedd_megatron.runtime.upstream_fixes import FIXES
+
+    text = read(DOCS / "runtime.md")
+    letters = dict(re.findall(r"^\| \(([a-z])\) `(\w+)`", text, re.M))
+    letters = {name: letter for letter, name in letters.items()}
+    assert set(FIXES) <= set(
+        letters
+    ), f"fixes missing from runtime.md §5: {set(FIXES) - set(letters)}"
+    said = re.search(r"`FIXES` names ([^,]+),", text).group(1)
+    named = set()
+    for first, last in re.findall(r"\(([a-z])\)(?:–\(([a-z])\))?", said):
+        named |= {chr(c) for c in range(ord(first), ord(last or first) + 1)}
+    assert named == {letters[name] for name in FIXES}, (said, sorted(FIXES))
+
+
+def test_readme_tolerances_are_numerics_mds():
+    intro = read(README).split("## Set-up")[0]
+    table = read(DOCS / "numerics.md").split("## 7. Tolerances")[1]
+    for number in ("1e-5", "1e-3", "4e-4"):
+        assert number in intro and number in table, number
+
+
+def test_readme_results_numbers_come_from_the_linked_pages():
+    text = read(README)
+    results = text[text.index("## Results") :]
+    results = results[: results.index("\n## ", 1)]
+    pages = read(DOCS / "paper_ordering.md") + read(DOCS / "benchmarks.md")
+    numbers = re.findall(
+        r"\d[\d,]*\.?\d*×?",
+        re.sub(r"\([^)]*\]\([^)]*\)\)|\[[^\]]*\]\([^)]*\)|`[^`]*`", "", results),
+    )  # noqa: E501
+    missing = [
+        n for n in numbers if n.rstrip("×.") not in pages and n not in ("1e-5", "2", "512,000")
+    ]
+    assert not missing, f"README results numbers not in docs: {missing}"
+
+
+def _free_names(source: str) -> set[str]:
+    import ast
+    import builtins
+
+    tree = ast.parse(source)
+    bound = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+            bound |= {a.arg for a in node.args.args} if isinstance(node, ast.FunctionDef) else set()
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+    loads = {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    return loads - bound
+
+
+def _paths_missing(source: str) -> list[str]:
+    strings = re.findall(r"\"([\w./-]+/[\w./-]*)\"", source)
+    return [s for s in strings if not (REPO / s).exists()]
+
+
+def test_python_snippets_compile_and_run():
+    """README's snippets run as written (each is self-contained); docs/usage.md's compile, and
+    run where they name nothing undefined and no missing path."""
+    to_run = []
+    for path in (README, DOCS / "usage.md"):
+        for i, block in enumerate(PYTHON_BLOCK.findall(read(path))):
+            compile(block, f"{path.name} snippet {i}", "exec")
+            free, missing = _free_names(block), _paths_missing(block)
+            if path == README:
+                assert not free and not missing, f"README snippet {i}: undefined {free}, {missing}"
+            if not free and not missing:
+                to_run.append(block)
+    assert to_run
+    import subprocess
+    import sys
+
+    program = "\n".join(f"exec(compile({b!r}, 'snippet', 'exec'), {{}})" for b in to_run)
+    done = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -42,7 +42,9 @@ def _main(argv) -> int:
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--print-sources", action="store_true", help="print README table, exit")
+    parser.add_argument(
+        "--print-sources", action="store_true", help="print the sources table (docs/data.md), exit"
+    )
     add_tokenizer_args(parser)
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]

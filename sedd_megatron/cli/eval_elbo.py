@@ -3,7 +3,7 @@
 
 The headline number is the paper's (the [t_eps, 1] term); the two terms the paper drops (the
 exact prior term and an estimate of the [0, t_eps] term, --tail-samples) are printed and stored
-beside it, with the complete bound they make (docs/math.md §6.1).
+beside it, with the complete bound they make (docs/math.md §6.5).
 
 Examples:
   # a published-layout directory, PTB test, the paper's 1000 t-samples per block

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Tokenize text/JSONL files into a Megatron indexed dataset (PREFIX.bin + PREFIX.idx).
+"""Tokenize text/JSONL files into Megatron indexed datasets (PREFIX_text_document.bin + .idx).
+
+As Megatron's own preprocess_data.py, each JSON key KEY (text files: "text") is written to
+PREFIX_KEY_document.bin/.idx; that name is what pretrain_sedd.py --data-path takes.
 
 Examples:
   python tools/preprocess_data.py --input docs.jsonl --json-keys text --output-prefix data/my
@@ -31,7 +34,11 @@ FLAGS = {"workers": "--workers", "encoding": "--encoding", "json_keys": "--json-
 def _main(argv) -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help="text or JSONL files")
-    parser.add_argument("--output-prefix", required=True, help="writes PREFIX.bin / PREFIX.idx")
+    parser.add_argument(
+        "--output-prefix",
+        required=True,
+        help="writes PREFIX_KEY_document.bin/.idx per JSON key (default key: text)",
+    )
     parser.add_argument("--json-keys", nargs="+", help="JSONL keys to tokenize (default: text)")
     parser.add_argument("--per-line", action="store_true", help="text: one document per line")
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes")
@@ -44,7 +51,7 @@ def _main(argv) -> int:
         workers=args.workers, encoding=args.encoding, json_keys=args.json_keys, names=FLAGS
     )
     check_tokenizer_args(args)
-    check_inputs(args.input, args.output_prefix, args.json_keys)
+    check_inputs(args.input, args.output_prefix, args.json_keys, megatron_names=True)
     stats = preprocess(
         args.input,
         args.output_prefix,
@@ -54,6 +61,7 @@ def _main(argv) -> int:
         workers=args.workers,
         encoding=args.encoding,
         progress=not args.no_progress,
+        megatron_names=True,
     )
     for key, prefix in stats.prefixes.items():
         docs, toks = stats.documents.get(key, 0), stats.tokens.get(key, 0)

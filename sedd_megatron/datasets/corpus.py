@@ -42,7 +42,7 @@ def md5_text(text: str) -> str:
 
 
 def sources_markdown(names: Sequence[str] = tuple(SOURCES)) -> str:
-    """The sources and licences as a Markdown table (for the README)."""
+    """The sources and licences as a Markdown table (for docs/data.md)."""
     rows = ["| source | content | install | licence |", "|---|---|---|---|"]
     for name in names:
         s = SOURCES[name]

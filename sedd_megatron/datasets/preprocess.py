@@ -1,5 +1,10 @@
 """Tokenize text or JSONL files into Megatron indexed datasets (``PREFIX.bin`` + ``PREFIX.idx``).
 
+:func:`output_prefixes` names the datasets: the prefix itself for one key, or, with
+``megatron_names`` (what ``tools/preprocess_data.py`` uses), Megatron's own
+``preprocess_data.py`` naming ``{prefix}_{key}_document`` for every key (``--output-prefix
+/data/corpus`` writes ``/data/corpus_text_document.bin/.idx``).
+
 Every document becomes one sequence of token ids followed by the tokenizer's end-of-document
 id. Input is checked before any work starts (missing/empty files, output directory); document
 errors (invalid JSON, missing key, bad encoding, ids outside the vocabulary) stop the run with a
@@ -82,8 +87,24 @@ def _json_docs(line: str, json_keys: Sequence[str], where: str) -> Iterator[Doc]
         yield Doc(key, record[key], where)
 
 
+def output_prefixes(
+    output_prefix: str, keys: Sequence[str], megatron_names: bool = False
+) -> dict[str, str]:
+    """The dataset prefix of each JSON key (text inputs have the key ``text``).
+
+    ``megatron_names``: ``{output_prefix}_{key}_document`` for every key, as Megatron's
+    ``tools/preprocess_data.py`` writes them. Otherwise ``output_prefix`` itself for one key and
+    ``{output_prefix}_{key}`` for several."""
+    if megatron_names:
+        return {k: f"{output_prefix}_{k}_document" for k in keys}
+    return {k: output_prefix if len(keys) == 1 else f"{output_prefix}_{k}" for k in keys}
+
+
 def check_inputs(
-    inputs: Sequence[str], output_prefix: str, json_keys: Sequence[str] | None = None
+    inputs: Sequence[str],
+    output_prefix: str,
+    json_keys: Sequence[str] | None = None,
+    megatron_names: bool = False,
 ) -> None:
     """Fail early on a missing, unreadable or empty input, or outputs that cannot be written
     (a missing or read-only directory, a directory in the way of ``PREFIX.bin``/``.idx``, an
@@ -104,10 +125,9 @@ def check_inputs(
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     if not os.path.isdir(out_dir):
         raise DataError(f"output directory does not exist: {out_dir} (for {output_prefix})")
-    keys = list(json_keys or ["text"])
-    prefixes = [output_prefix] if len(keys) == 1 else [f"{output_prefix}_{k}" for k in keys]
+    prefixes = output_prefixes(output_prefix, list(json_keys or ["text"]), megatron_names)
     sources = {os.path.realpath(p) for p in inputs}
-    for prefix in prefixes:
+    for prefix in prefixes.values():
         for path in (f"{prefix}.bin", f"{prefix}.idx"):
             check_output_file(path, "output", error=DataError)
             if os.path.realpath(path) in sources:
@@ -161,22 +181,25 @@ def preprocess(
     workers: int = 1,
     encoding: str = "utf-8",
     progress: bool = True,
+    megatron_names: bool = False,
 ) -> PreprocessStats:
     """Tokenize ``inputs`` into ``output_prefix``.bin/.idx, appending EOS to every document.
 
     Files ending in .json/.jsonl/.ndjson are JSONL with ``json_keys`` (default ``["text"]``);
-    other files are text (one document per file, or per non-blank line with ``per_line``). With
-    several JSON keys, each key gets its own dataset ``{output_prefix}_{key}``. Empty documents
-    are skipped. ``workers`` > 1 tokenizes in that many processes; the output is identical."""
+    other files are text (one document per file, or per non-blank line with ``per_line``). Each
+    key gets its own dataset, named by :func:`output_prefixes` (``megatron_names``: Megatron's
+    ``{output_prefix}_{key}_document``). Empty documents are skipped. ``workers`` > 1
+    tokenizes in that many processes; the output is identical.
+    """
     inputs = [os.fspath(p) for p in inputs]
     output_prefix = os.fspath(output_prefix)
     check_preprocess_settings(workers=workers, encoding=encoding, json_keys=json_keys)
-    check_inputs(inputs, output_prefix, json_keys)
+    check_inputs(inputs, output_prefix, json_keys, megatron_names)
     is_json = [bool(json_keys) or p.lower().endswith(JSON_SUFFIXES) for p in inputs]
     keys = list(json_keys or ["text"]) if any(is_json) else ["text"]
     if any(is_json) and not all(is_json) and keys != ["text"]:
         raise DataError("mixing text and JSONL inputs needs json_keys == ['text']")
-    prefixes = {k: output_prefix if len(keys) == 1 else f"{output_prefix}_{k}" for k in keys}
+    prefixes = output_prefixes(output_prefix, keys, megatron_names)
     docs = itertools.chain.from_iterable(
         iter_documents(p, keys if j else None, per_line, encoding)
         for p, j in zip(inputs, is_json, strict=True)

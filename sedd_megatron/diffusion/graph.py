@@ -232,7 +232,7 @@ class Graph(ABC):
         sigma's shape: the prior term of the ELBO at sigma = sigma_bar(1).
 
         p_base(x) = (1/N) sum_{x0 < N} p_{sigma|0}(x | x0) is the marginal at ``sigma`` of the
-        forward process started from a uniformly random data token (docs/math.md §6.1). By the
+        forward process started from a uniformly random data token (docs/math.md §6.5). By the
         symmetry of the graph the KL is the same for every data token x0. (The sampler starts
         from ``sample_limit``; for the absorbing graph that is a delta at MASK, against which
         the KL is infinite, as p_{sigma|0} keeps mass e^{-sigma} on x0.)"""

@@ -272,7 +272,7 @@ class SigmaNoise(Noise):
 
 class TailDesign(_CellImportance):
     """The [0, t_eps] term: int_0^{sigma_bar(t_eps)} E_{x ~ p_{sigma|0}} [sum_l SE_l] d sigma
-    (in the total noise, from 0: docs/math.md §6.1), by importance sampling over (sigma, k) with
+    (in the total noise, from 0: docs/math.md §6.5), by importance sampling over (sigma, k) with
     the proposal of :class:`CountImportanceDesign` (Bin(k; L, q(sigma)) omega(sigma, k), omega
     the graph's ``log_integrand_scale`` with rate 1) on a grid uniform in sigma, stratified over
     the cells ordered by k then sigma. Its draws' ``t`` are total noises sigma, evaluated with

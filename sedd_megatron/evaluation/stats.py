@@ -199,7 +199,7 @@ def complete_summary(
     eps: float,
     level: float = 0.95,
 ) -> dict:
-    """The complete bound of docs/math.md §6.1 in nats/token, bits/token and as a perplexity
+    """The complete bound of docs/math.md §6.5 in nats/token, bits/token and as a perplexity
     bound, with a confidence interval combining the two terms' Monte-Carlo errors:
 
         (1 - eps) * paper + tail + prior,

@@ -120,7 +120,7 @@ def _patch_training() -> None:
 
         raise CpuPatchError(
             f"the CPU runtime's training patch does not fit {upstream_versions()}: {err} "
-            "(pretrain() on CPU needs it; tested versions: README, Install into your container)"
+            "(pretrain() on CPU needs it; tested versions: docs/usage.md §8)"
         ) from None
     original = initialize.initialize_megatron
     if not getattr(original, "_sedd_cpu", False):

@@ -4,7 +4,7 @@ This is a development/CI path, NOT a training platform: it exists so that the pr
 Megatron integration (tensor/pipeline/data parallelism, the distributed optimizer, pipeline
 schedules, ``torch_dist`` checkpoints, ``pretrain()``) can be exercised by tests on machines
 without a GPU. It is slow, and it is tested against megatron-core 0.18.2 and 0.19.2 (the
-support matrix in the README).
+support matrix in docs/usage.md §8).
 
 Megatron assumes CUDA in many places. :func:`enable_cpu_megatron` makes those places work on
 CPU, each for a failure seen without it (docs/runtime.md §2–4 explains each):

@@ -587,7 +587,7 @@ def fix_moved_message(name: str, reason: str) -> str:
     )
     return (
         f"sedd-megatron upstream fix ({letter}) {name} does not fit {upstream_versions()}: "
-        f"{reason}; {consequence} (tested versions: README, Install into your container)"
+        f"{reason}; {consequence} (tested versions: docs/usage.md §8)"
     )
 
 

@@ -20,7 +20,7 @@ tokens; the prompt is clamped again before the denoiser and on the output. Two m
   left as it is) and the batch is the reference's batch, drawn in its order (samples then depend
   on the batch size and composition).
 
-Reused scores (``SamplingOptions.reuse_unchanged``; docs/math.md §8.6): a row in which no
+Reused scores (``SamplingOptions.reuse_unchanged``; docs/math.md §5.8): a row in which no
 token changed since its last forward pass is not run through the model again; its cached
 log-score is moved to the new sigma by log(e^sigma_old - 1) - log(e^sigma_new - 1) on every
 column but the current token's (which stays 0). For a time-independent model this is the
@@ -88,7 +88,7 @@ class _ScoreCache:
 
 
 class Sampler:
-    """Draws token sequences from a score model (``backends``) with ``options``."""
+    """Draws token sequences from a score model (a ``ScoreModel``) with ``options``."""
 
     def __init__(self, model, options: SamplingOptions | None = None):
         options = options or SamplingOptions()

@@ -57,8 +57,9 @@ CASES = [
     Case("preprocess: output directory missing",
          (PREPROCESS, "--input", "{text}", "--output-prefix", "{tmp}/no/out"),
          r"output directory does not exist: .*/no"),
-    Case("preprocess: PREFIX.bin is a directory", preprocess(),
-         r"output: .*/out\.bin is a directory", setup=make_dir("out.bin")),
+    Case("preprocess: PREFIX_text_document.bin is a directory", preprocess(),
+         r"output: .*/out_text_document\.bin is a directory",
+         setup=make_dir("out_text_document.bin")),
     # tokenizer flags (sedd_megatron.datasets.tokenizers: shared by the data tools)
     Case("preprocess: garbage --vocab-file (binary)", preprocess(*VOCAB_MERGES),
          r"GPT-2 vocab file \(encoder\.json\) .*/encoder\.json is not UTF-8 text",

@@ -142,8 +142,17 @@ def test_cli_success_and_error_exit(gpt2, tmp_path, capsys):
     src.write_text('{"text": "Hello world"}\n')
     argv = ["--input", str(src), "--output-prefix", str(tmp_path / "a"), "--no-progress"]
     assert cli_main(argv) == 0
-    assert read_back(tmp_path / "a") == [[15496, 995, 50256]]
-    assert "1 documents, 3 tokens" in capsys.readouterr().out
+    # Megatron's naming: PREFIX_{key}_document, the key of text and default JSONL being "text"
+    assert read_back(tmp_path / "a_text_document") == [[15496, 995, 50256]]
+    assert not (tmp_path / "a.bin").exists()
+    assert "a_text_document.bin/.idx: 1 documents, 3 tokens" in capsys.readouterr().out
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"q": "a question", "a": "an answer"}\n')
+    argv = ["--input", str(qa), "--json-keys", "q", "a", "--output-prefix", str(tmp_path / "qa")]
+    assert cli_main([*argv, "--no-progress"]) == 0
+    assert read_back(tmp_path / "qa_q_document") == expected(gpt2, ["a question"])
+    assert read_back(tmp_path / "qa_a_document") == expected(gpt2, ["an answer"])
 
     missing = [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", "nope.txt",
                "--output-prefix", str(tmp_path / "b")]  # fmt: skip
