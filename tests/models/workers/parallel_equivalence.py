@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-
 # Backbone variants (plain.SEDDConfig fields) for the tiny conformance model (hidden 64, 4 heads).
 VARIANTS = {
     # any MLP width, a head dim other than hidden / heads, another rotary base and norm epsilon
