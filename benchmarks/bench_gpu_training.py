@@ -14,15 +14,22 @@ TE imports, else the local spec (``--local-spec`` forces it).
 MFU = tokens/s * F / peak, with F the model FLOPs of one training token (forward + backward =
 3 x forward, matmuls only, PaLM-style):
 
-    F = 6 * (L * 12 * H^2 + H * V') + 12 * L * S * H
+    F = 6 * (L * P + H * V') + 12 * L * S * A
 
-L layers, hidden H, sequence length S, V' = vocabulary rows (50258 for absorb, unpadded).
-12 H^2 per layer: qkv 3H^2, attention output H^2, MLP 8H^2 (ffn 4H); H * V': the output layer;
-12 L S H: QK^T and AV of bidirectional (unmasked) attention. Not counted: embedding lookup, the
-adaLN projections (per sequence, 6 * cond_dim * 6H / S per token), norms, element-wise ops,
-the loss. ``--peak-tflops`` defaults to 989 (H100/H200 SXM dense bf16).
+L layers, hidden H, sequence length S, V' = vocabulary rows (50258 for absorb, unpadded), A the
+attention width (heads x head dim; H for the DiT). P the matmul weights of one layer: qkv
+H * (heads + 2 G) * D, attention output A * H, MLP 2 H F (tanh-GELU) or 3 H F (SwiGLU), with G
+key/value heads and MLP width F; for the DiT (G = heads, F = 4H) P = 12 H^2. H * V': the output
+layer; 12 L S A: QK^T and AV of bidirectional (unmasked) attention. Not counted: embedding
+lookup, the adaLN projections (per sequence, 6 * cond_dim * 6H / S per token), norms,
+element-wise ops, the loss. ``--peak-tflops`` defaults to 989 (H100/H200 SXM dense bf16).
+
+``--backbone llama`` swaps the DiT's blocks for configs/sedd_small_llama_absorb.yaml's (RMSNorm,
+SwiGLU at Megatron's 8/3 x H width, ``--query-groups`` key/value heads, QK norm; give
+``--layers 13`` for that config's size), so both are measured on one GPU in one run.
 
     python benchmarks/bench_gpu_training.py            # SEDD-small, absorb, micro-batch 16
+    python benchmarks/bench_gpu_training.py --backbone llama --layers 13
     python benchmarks/bench_gpu_training.py --micro-batch 8 --steps 30 --local-spec
 
 Without CUDA it prints a message and exits 0 (``--cpu`` runs the same loop on CPU with tiny
@@ -38,6 +45,7 @@ import time
 import torch
 
 from sedd_megatron.diffusion import GRAPHS, get_graph, get_noise, graph_class, sample_t
+from sedd_megatron.plain import SEDDConfig
 from sedd_megatron.runtime import world
 
 NO_CUDA_MESSAGE = (
@@ -54,6 +62,13 @@ def parse_args(argv=None):
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--graph", choices=tuple(GRAPHS), default="absorb")
+    parser.add_argument(
+        "--backbone",
+        choices=("dit", "llama"),
+        default="dit",
+        help="dit: the reference blocks; llama: RMSNorm, SwiGLU, grouped-query attention, QK norm",
+    )
+    parser.add_argument("--query-groups", type=int, default=4, help="--backbone llama: kv heads")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--warmup", type=int, default=5)
@@ -82,11 +97,38 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def flops_per_token(args) -> float:
+def published_config(args) -> SEDDConfig:
+    """The benchmarked model as a published-layout config (what the tools build models from)."""
+    backbone = {}
+    if args.backbone == "llama":
+        backbone = dict(
+            norm="rmsnorm",
+            mlp="swiglu",
+            ffn_hidden_size=int(4 * args.hidden * 2 / 3) // 64 * 64,  # Megatron's --swiglu rule
+            n_kv_heads=args.query_groups,
+            qk_norm=True,
+        )
+    return SEDDConfig(
+        tokens=args.vocab,
+        graph=args.graph,
+        hidden_size=args.hidden,
+        cond_dim=args.cond_dim,
+        length=args.seq_len,
+        n_blocks=args.layers,
+        n_heads=args.heads,
+        scale_by_sigma=graph_class(args.graph).sigma_scaling,
+        **backbone,
+    )
+
+
+def flops_per_token(config: SEDDConfig) -> float:
     """Model FLOPs of one training token (module docstring)."""
-    rows = get_graph(args.graph, args.vocab).dim
-    L, H, S = args.layers, args.hidden, args.seq_len
-    return 6 * (L * 12 * H * H + H * rows) + 12 * L * S * H
+    H, L, S, F = config.hidden_size, config.n_blocks, config.length, config.ffn_width
+    D, heads, groups = config.head_dim, config.n_heads, config.kv_heads
+    attention = heads * D
+    mlp = (3 if config.mlp == "swiglu" else 2) * H * F
+    per_layer = H * (heads + 2 * groups) * D + attention * H + mlp
+    return 6 * (L * per_layer + H * config.vocab_rows) + 12 * L * S * attention
 
 
 def build(args, dtype, use_te: bool | None):
@@ -101,24 +143,19 @@ def build(args, dtype, use_te: bool | None):
         get_sedd_layer_spec,
         padded_vocab_size,
     )
+    from sedd_megatron.models.sedd.state_dict_adapter import transformer_config_kwargs
 
     config = SEDDTransformerConfig(
-        num_layers=args.layers,
-        hidden_size=args.hidden,
-        num_attention_heads=args.heads,
-        ffn_hidden_size=4 * args.hidden,
-        kv_channels=args.hidden // args.heads,
-        graph=args.graph,
-        num_tokens=args.vocab,
-        cond_dim=args.cond_dim,
-        scale_by_sigma=graph_class(args.graph).sigma_scaling,
+        **transformer_config_kwargs(published_config(args)),
         bf16=dtype == torch.bfloat16,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         use_cpu_initialization=args.cpu,
         fused_kernels=args.fused_kernels,
     )
-    spec = get_sedd_layer_spec(use_transformer_engine=bool(use_te))
+    spec = get_sedd_layer_spec(
+        use_transformer_engine=bool(use_te), qk_layernorm=config.qk_layernorm
+    )
     model = SEDDModel(
         config,
         spec,
@@ -217,7 +254,8 @@ def profile(train_step, sync, device, steps: int = 3) -> None:
 def main(argv=None):
     args = parse_args(argv)
     if args.cpu:
-        args.hidden, args.layers, args.heads, args.seq_len = 64, 2, 2, 32
+        args.hidden, args.layers, args.heads, args.seq_len = 64, 2, 4, 32
+        args.query_groups = 2
         args.micro_batch, args.vocab, args.warmup, args.steps = 2, 1000, 1, 2
     elif not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE)
@@ -247,7 +285,7 @@ def main(argv=None):
 
         tokens = args.steps * args.grad_accum * args.micro_batch * args.seq_len
         tokens_per_s = tokens / elapsed
-        flops = flops_per_token(args)
+        flops = flops_per_token(published_config(args))
         mfu = tokens_per_s * flops / (args.peak_tflops * 1e12)
         params = sum(p.numel() for p in ddp.module.parameters())
         name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (code-path check)"
@@ -258,7 +296,8 @@ def main(argv=None):
             f"\nbench_gpu_training: {name}, {spec} spec, {fused}, {dtype}, "
             f"params {params / 1e6:.1f}M, "
             f"H={args.hidden} L={args.layers} heads={args.heads} S={args.seq_len} "
-            f"micro-batch={args.micro_batch} x {args.grad_accum} graph={args.graph}"
+            f"micro-batch={args.micro_batch} x {args.grad_accum} graph={args.graph} "
+            f"backbone={args.backbone}"
         )
         header = (
             "steps",

@@ -7,8 +7,10 @@ table (also written to ``OUT/summary.json``). A failed step does not stop the ot
 Steps:
 - ``train-small`` / ``train-medium``: ``bench_gpu_training.py`` (bf16, local spec) at SEDD-small
   micro-batch 16 and SEDD-medium micro-batch 8, x 1024 tokens; ``train-small-unfused`` the same
-  with ``--no-fused-kernels``; with ``--baseline DIR`` also DIR's benchmark (another checkout,
-  e.g. the previous commit), so every ratio is measured in the same run.
+  with ``--no-fused-kernels``; ``train-small-llama`` the modern backbone at SEDD-small's size
+  (configs/sedd_small_llama_absorb.yaml: ``--backbone llama --layers 13``); with ``--baseline
+  DIR`` also DIR's benchmark (another checkout, e.g. the previous commit), so every ratio is
+  measured in the same run.
 - ``pretrain``: ``pretrain_sedd.py --bf16`` (SEDD-small config, mock data, 30 iterations, a save).
 - ``generate-128`` / ``generate-8``: ``generate_sedd.py`` from that checkpoint, 16 samples x 1024
   tokens, analytic predictor; seconds per sampler step = the wall-time difference / 120.
@@ -31,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden", "768", "--layers", "12", "--heads", "12", "--micro-batch", "16"]
 SMALL += ["--warmup", "4", "--steps", "12"]
+LLAMA = [*SMALL, "--backbone", "llama", "--layers", "13"]  # the later --layers wins
 MEDIUM = ["--hidden", "1024", "--layers", "24", "--heads", "16", "--micro-batch", "8"]
 MEDIUM += ["--warmup", "3", "--steps", "8"]
 BENCH = ["benchmarks/bench_gpu_training.py", "--local-spec"]
@@ -105,6 +108,7 @@ def plan(out: Path, baseline: Path | None) -> list[Step]:
     steps = [
         Step("train-small", [*bench, *SMALL]),
         Step("train-small-unfused", [*bench, *SMALL, "--no-fused-kernels"]),
+        Step("train-small-llama", [*bench, *LLAMA]),
         Step("train-medium", [*bench, *MEDIUM]),
     ]
     if baseline is not None:
@@ -183,6 +187,7 @@ def derived(steps: dict[str, Step]) -> dict:
 
     for a, b, label in [
         ("train-small", "train-small-unfused", "small: fused / unfused tokens/s"),
+        ("train-small-llama", "train-small", "small: llama backbone / DiT tokens/s"),
         ("train-small", "train-small-baseline", "small: this / baseline tokens/s"),
         ("train-medium", "train-medium-baseline", "medium: this / baseline tokens/s"),
     ]:

@@ -89,7 +89,7 @@ class SEDDConfig:
     # "sigma": the network sees sigma (the reference). "none": time-independent absorbing SEDD,
     # a learned constant conditioning vector and log p(y | x_t) - log(e^sigma - 1) as log-score.
     time_conditioning: str = "sigma"
-    # Backbone options beyond the reference DiT (docs/architecture.md §6); None: the reference's
+    # Backbone options beyond the reference DiT (docs/math.md §8.8); None: the reference's
     # value (4 * hidden_size, n_heads, hidden_size / n_heads).
     ffn_hidden_size: int | None = None  # MLP width F (SwiGLU: fc1 has 2F rows, gate then up)
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention), divides n_heads

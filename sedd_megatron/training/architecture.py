@@ -2,7 +2,7 @@
 
 One rule: what pretrain_sedd.py accepts, every tool opens. The model a run trains is described
 completely by the published-layout config (``plain.SEDDConfig``: the reference DiT plus the
-backbone options of docs/architecture.md §6), so generate, eval, export and import rebuild it
+backbone options of docs/math.md §8.8), so generate, eval, export and import rebuild it
 from a checkpoint's saved arguments through :func:`backbone_from_args`; a flag the published
 config cannot express is refused here, before training starts (:func:`architecture_problems`).
 

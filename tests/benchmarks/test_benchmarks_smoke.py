@@ -62,8 +62,10 @@ def test_checkpoint_checksums_prints_the_ratio(tmp_path):
     args = ["--params", "2e6", "--reps", "1", "--dir", str(tmp_path)]
     out = run_python(BENCHMARKS / "bench_checkpoint_checksums.py", args, timeout=120).stdout
     for name in ("torch_dist", "safetensors"):
-        assert re.search(rf"^{name}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), out
-    assert re.search(r"^ratio hash/save \(worst\): [\d.]+ \(target <= 0\.05\)$", out, re.M), out
+        row = rf"^{name}" + r"\s+-?[\d.]+" * 5 + "$"  # the added time may be negative (noise)
+        assert re.search(row, out, re.M), out
+    worst = r"^added time of the manifest / plain save \(worst\): -?[\d.]+ \(target <= 0\.05\)$"
+    assert re.search(worst, out, re.M), out
     assert list(tmp_path.iterdir()) == []  # its checkpoints are removed
 
 

@@ -109,3 +109,44 @@ def test_bad_json_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         SEDDConfig.from_json(tmp_path / "config.json")
+
+
+BACKBONE = dict(
+    ffn_hidden_size=96, n_kv_heads=2, kv_channels=24, rotary_base=500000.0, norm="rmsnorm",
+    norm_eps=1e-6, mlp="swiglu", qk_norm=True,
+)  # fmt: skip
+
+
+def test_backbone_options_round_trip_and_stay_out_of_reference_configs():
+    """Backbone keys appear in config.json only when they differ from the reference DiT."""
+    assert "ffn_hidden_size" not in tiny().to_dict()["model"]
+    assert SEDDConfig.from_dict(PUBLISHED_SMALL).to_dict() == PUBLISHED_SMALL
+    config = tiny(**BACKBONE)
+    model = config.to_dict()["model"]
+    assert model["head_dim"] == 24 and model["n_kv_heads"] == 2 and model["mlp"] == "swiglu"
+    assert SEDDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert (config.head_dim, config.kv_heads, config.ffn_width) == (24, 2, 96)
+    assert not config.reference_backbone and tiny().reference_backbone
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (dict(n_kv_heads=3), "n_kv_heads"),
+        (dict(kv_channels=15), "even"),
+        (dict(ffn_hidden_size=0), "ffn_hidden_size"),
+        (dict(norm="batchnorm"), "model.norm"),
+        (dict(mlp="relu"), "model.mlp"),
+        (dict(qk_norm="yes"), "qk_norm"),
+        (dict(rotary_base=0), "rotary_base"),
+        (dict(norm_eps=-1.0), "norm_eps"),
+        (dict(hidden_size=66, n_heads=4), "divisible"),
+    ],
+)
+def test_bad_backbone_options_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(**override)
+
+
+def test_head_dim_frees_the_hidden_size_from_the_heads():
+    assert tiny(hidden_size=66, n_heads=4, kv_channels=16).head_dim == 16

@@ -88,3 +88,33 @@ def test_rotary_inv_freq():
     assert inv_freq.dtype == torch.float32 and inv_freq.shape == (8,)
     expected = torch.tensor([10000.0 ** (-2 * j / 16) for j in range(8)], dtype=torch.float64)
     torch.testing.assert_close(inv_freq.double(), expected, rtol=1e-6, atol=0)
+
+
+def test_backbone_variant_layout_written_out():
+    """RMSNorm + SwiGLU (F = 96) + 2 key/value heads + QK norm + head dim 24 + base 5e5, by hand:
+    qkv rows (4 + 2 * 2) * 24, attention width 4 * 24, fc1 rows 2F, QK-norm weights of D."""
+    config = gpt2_config(
+        hidden_size=64, cond_dim=32, n_blocks=1, n_heads=4, ffn_hidden_size=96, n_kv_heads=2,
+        kv_channels=24, rotary_base=5e5, norm="rmsnorm", mlp="swiglu", qk_norm=True,
+    )  # fmt: skip
+    block = {
+        "blocks.0.norm1.weight": (64,),
+        "blocks.0.attn_qkv.weight": (192, 64),
+        "blocks.0.attn_q_norm.weight": (24,),
+        "blocks.0.attn_k_norm.weight": (24,),
+        "blocks.0.attn_out.weight": (64, 96),
+        "blocks.0.norm2.weight": (64,),
+        "blocks.0.mlp.0.weight": (192, 64),
+        "blocks.0.mlp.0.bias": (192,),
+        "blocks.0.mlp.2.weight": (64, 96),
+        "blocks.0.mlp.2.bias": (64,),
+        "blocks.0.adaLN_modulation.weight": (384, 32),
+        "blocks.0.adaLN_modulation.bias": (384,),
+    }
+    shapes = expected_shapes(config)
+    assert {k: v for k, v in shapes.items() if k.startswith("blocks.")} == block
+    assert shapes["rotary_emb.inv_freq"] == (12,)
+    model = meta_model(config)
+    assert {k: tuple(t.shape) for k, t in model.state_dict().items()} == shapes
+    expected_freq = 5e5 ** (-torch.arange(0, 24, 2, dtype=torch.float64) / 24)
+    torch.testing.assert_close(rotary_inv_freq(24, 5e5), expected_freq.float())

@@ -5,7 +5,7 @@ without bias (eps 1e-5, fp32), no bias on qkv and attention output, biased 4H ML
 tanh-GELU, rotary on the full head dim, bidirectional attention without dropout, hidden dropout
 0.1 before the adaLN gate.
 
-Megatron's backbone options that SEDD supports (docs/architecture.md §6) keep their Megatron
+Megatron's backbone options that SEDD supports (docs/math.md §8.8) keep their Megatron
 fields: ``normalization="RMSNorm"``, ``gated_linear_unit`` with ``activation_func=F.silu``
 (SwiGLU, biased like the reference MLP), ``num_query_groups`` (grouped-query attention),
 ``qk_layernorm``, ``kv_channels``, ``ffn_hidden_size``, ``layernorm_epsilon``; ``rotary_base``
