@@ -102,6 +102,7 @@ def test_backbone_variant_matches_plain_twin(variant, layout, triton):
     assert result["triton_kernels"] is triton
     assert result["bit_identical_round_trip"]
     assert result["grads_checked"] == result["plain_parameters"]
-    assert result["log_score"] < 1e-5
-    assert result["loss"] < 1e-5
+    # fp32 rounding only (about 2e-7 measured): the same computation in another order
+    assert result["log_score"] < 1e-6
+    assert result["loss"] < 1e-6
     assert result["grad_max"] < 1e-5, f"worst gradient: {result['grad_worst']}"
