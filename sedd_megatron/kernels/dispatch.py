@@ -179,9 +179,12 @@ def fused_kernel_status(
     *,
     have_triton: bool | None = None,
     cuda: bool | None = None,
+    rms: bool = False,
+    swiglu: bool = False,
 ) -> str:
     """One line saying which fused kernels a model with this hidden size and activation dtype
-    runs, and why any fall back to the torch references.
+    runs, and why any fall back to the torch references. ``rms``: the norm kernel runs its
+    RMSNorm variant; ``swiglu``: the MLP is SwiGLU (Megatron's bias-SwiGLU, not bias+GELU).
 
     ``enabled``: the config's ``fused_kernels`` (``--no-sedd-fused-kernels`` turns it off);
     ``have_triton`` (default: whether triton imports) and ``cuda`` (default:
@@ -209,11 +212,13 @@ def fused_kernel_status(
     if off is not None:
         return f"SEDD fused kernels: none active, torch references everywhere: {off}"
     where = "Triton on CUDA" if cuda else "Triton's CPU interpreter, slow: tests only"
-    active = [op for op in FUSED_OPS if op != FUSED_OPS[0] or hidden_size <= MAX_FUSED_HIDDEN]
+    norm_op = "RMSNorm+adaLN" if rms else FUSED_OPS[0]
+    ops = [norm_op, *(op for op in FUSED_OPS[1:] if not (swiglu and op == "bias+GELU"))]
+    active = [op for op in ops if op != norm_op or hidden_size <= MAX_FUSED_HIDDEN]
     line = f"SEDD fused kernels ({where}): active: {', '.join(active)}"
     if hidden_size > MAX_FUSED_HIDDEN:
         line += (
-            f"; {FUSED_OPS[0]} falls back to the torch reference: hidden size {hidden_size} > "
+            f"; {norm_op} falls back to the torch reference: hidden size {hidden_size} > "
             f"MAX_FUSED_HIDDEN {MAX_FUSED_HIDDEN}"
         )
     return line
@@ -228,4 +233,10 @@ def fused_kernel_status_of(config) -> str:
         dtype = torch.float16
     else:
         dtype = getattr(config, "params_dtype", torch.float32)
-    return fused_kernel_status(config.hidden_size, dtype, getattr(config, "fused_kernels", True))
+    return fused_kernel_status(
+        config.hidden_size,
+        dtype,
+        getattr(config, "fused_kernels", True),
+        rms=getattr(config, "normalization", "LayerNorm") == "RMSNorm",
+        swiglu=bool(getattr(config, "gated_linear_unit", False)),
+    )

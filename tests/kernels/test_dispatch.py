@@ -128,6 +128,15 @@ def test_status_all_active_on_cuda(dtype):
     assert line == f"SEDD fused kernels (Triton on CUDA): active: {ALL_OPS}"
 
 
+def test_status_names_the_rmsnorm_kernel_and_leaves_out_bias_gelu_under_swiglu():
+    line = fused_kernel_status(768, torch.bfloat16, have_triton=True, cuda=True, rms=True,
+                               swiglu=True)  # fmt: skip
+    assert line == (
+        "SEDD fused kernels (Triton on CUDA): active: RMSNorm+adaLN, gated residual+dropout, "
+        "score entropy"
+    )
+
+
 def test_status_wide_hidden_falls_back_for_adaln_only():
     assert fused_kernel_status(8192, torch.bfloat16, have_triton=True, cuda=True).endswith(
         f"active: {ALL_OPS}"
