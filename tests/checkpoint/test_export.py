@@ -42,6 +42,8 @@ def as_reference(saved: dict, prefix: str, n_blocks: int, n_heads: int, rows: in
         tensor = saved[prefix + mg_key]
         out[ref_key] = tensor[:rows] if kind == "vocab" else tensor
     for ref_suffix, (mg_suffix, kind) in adapter._BLOCK.items():
+        if f"{prefix}decoder.layers.{mg_suffix}" not in saved:  # QK norm: its models only
+            continue
         stacked = saved[f"{prefix}decoder.layers.{mg_suffix}"]
         for i in range(n_blocks):
             tensor = stacked[i]
