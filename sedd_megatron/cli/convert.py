@@ -47,12 +47,12 @@ from sedd_megatron.checkpoint import (
     source_kind,
     verify_checksums,
 )
-from sedd_megatron.checkpoint.parallel import (
+from sedd_megatron.checkpoint.layouts import (
     SPLIT_RULE,
     check_config_layout,
     read_plain_config,
 )
-from sedd_megatron.checkpoint.world import new_output_dir
+from sedd_megatron.checkpoint.rank0_writes import new_output_dir
 from sedd_megatron.checksums import MANIFEST_NAME, read_manifest, verify_directory
 from sedd_megatron.errors import CheckpointError, ConfigError
 

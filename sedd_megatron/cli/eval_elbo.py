@@ -194,7 +194,7 @@ def _main(argv) -> int:
     check_settings(args)
     backend = open_model_for(args)
     from sedd_megatron.checkpoint import verify_checksums  # lazy: torch; checks first
-    from sedd_megatron.checkpoint.parallel import check_tool_layout  # lazy: torch; checks first
+    from sedd_megatron.checkpoint.layouts import check_tool_layout  # lazy: torch; checks first
 
     if not args.no_verify_checksums:
         verify_checksums(args.load, args.iteration)  # before anything reads the files

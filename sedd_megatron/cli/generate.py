@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from sedd_megatron import runtime
 from sedd_megatron.checkpoint import open_model, resolve_backend, source_kind, verify_checksums
-from sedd_megatron.checkpoint.parallel import check_tool_layout
+from sedd_megatron.checkpoint.layouts import check_tool_layout
 from sedd_megatron.datasets.tokenizers import add_tokenizer_args, tokenizer_from_args
 from sedd_megatron.errors import ConfigError, DataError, PromptError
 from sedd_megatron.sampling import (
