@@ -40,6 +40,7 @@ groups gives the Monte-Carlo variance (so any design gets an honest confidence i
 from __future__ import annotations
 
 import math
+
 import torch
 
 from sedd_megatron.diffusion.noise import SigmaNoise
