@@ -115,7 +115,7 @@ def run_variant(name, graph, shard, x0, x_t, sigma, dsigma, offset, rows, group)
     """Forward + backward of one variant from the leaf ``shard``; returns the loss."""
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from sedd_megatron.models.sedd.score_entropy import (  # lazy: imports megatron
+    from sedd_megatron.models.sedd.vocab_parallel_score_entropy import (  # lazy: imports megatron
         vocab_parallel_score_entropy,
     )
 

@@ -130,8 +130,8 @@ def plan(out: Path, baseline: Path | None) -> list[Step]:
         steps.append(
             Step(
                 f"generate-{n}",
-                [py, "tools/generate_sedd.py", ckpt, "--num-samples", "16", "--batch-size", "16",
-                 "--steps", str(n), "--no-detokenize", "--no-progress",
+                [py, "tools/generate_sedd.py", "--load", ckpt, "--num-samples", "16",
+                 "--batch-size", "16", "--steps", str(n), "--no-detokenize", "--no-progress",
                  "--output", str(out / f"samples-{n}.jsonl")],
             )  # fmt: skip
         )

@@ -26,7 +26,7 @@ files=()
 for steps in $STEPS; do
   file="$OUT/steps_${steps}.jsonl"
   echo "== sampling $NUM_SAMPLES texts with $steps $PREDICTOR steps -> $file"
-  "$PYTHON" "$REPO/tools/generate_sedd.py" "$CKPT" --steps "$steps" --predictor "$PREDICTOR" \
+  "$PYTHON" "$REPO/tools/generate_sedd.py" --load "$CKPT" --steps "$steps" --predictor "$PREDICTOR" \
     --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --seed "$SEED" --output "$file"
   files+=("$file")
 done

@@ -141,3 +141,56 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(self.prog.split()[0], f"{message} (see --help)")
+
+
+def note(prog: str, message: str) -> None:
+    """Print ``<prog>: note: <message>`` as one line on stderr (once: rank 0 under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: note: {message}", file=sys.stderr, flush=True)
+
+
+class DeprecatedSpelling(argparse.Action):
+    """A former spelling of an option, kept for one release: it stores into the new option's
+    ``dest`` after a one-line note naming the new spelling (``new=``)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        note(parser.prog.split()[0], f"{option_string} is deprecated, use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of the option ``new`` (same ``dest``)."""
+    kwargs.setdefault("help", argparse.SUPPRESS)
+    parser.add_argument(old, dest=dest, action=DeprecatedSpelling, new=new, **kwargs)
+
+
+#: How every tool names the model it reads (Megatron's flag for the directory to load).
+MODEL_FLAG = "--load"
+
+
+def add_model_argument(parser, help: str, positional: bool = False, old: tuple = ()) -> None:
+    """``--load MODEL``: the one way every tool names the model it reads. ``positional`` keeps a
+    former positional MODEL working for one release, ``old`` former flag spellings; both say
+    so in one line. Call :func:`resolve_model` on the parsed arguments."""
+    parser.add_argument(MODEL_FLAG, metavar="MODEL", help=f"{help} (required)")
+    for flag in old:
+        add_deprecated(parser, flag, MODEL_FLAG, dest="load", metavar="MODEL")
+    if positional:
+        parser.add_argument("old_model", nargs="?", help=argparse.SUPPRESS)
+
+
+def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill ``args.load`` from a deprecated positional MODEL (with a note); a usage error when
+    no model is named, or two are."""
+    positional = vars(args).pop("old_model", None)
+    if positional is not None:
+        if args.load is not None:
+            parser.error(f"name the model once, with {MODEL_FLAG} MODEL")
+        note(parser.prog.split()[0], f"a positional MODEL is deprecated, use {MODEL_FLAG} MODEL")
+        args.load = positional
+    if args.load is None:
+        parser.error(f"the following arguments are required: {MODEL_FLAG}")

@@ -348,7 +348,7 @@ def ran(tmp_path_factory) -> dict[str, str]:
         tokens=50257, graph="absorb", hidden_size=16, cond_dim=8, length=32, n_blocks=1, n_heads=2
     )
     SEDD(config).save_pretrained(tmp / "plain")
-    convert = [sys.executable, "tools/convert_checkpoint.py", "import", "--plain",
+    convert = [sys.executable, "tools/convert_checkpoint.py", "import", "--load",
                str(tmp / "plain"), "--out", str(tmp / "ckpt")]  # fmt: skip
     subprocess.run(convert, cwd=REPO, check=True, capture_output=True, timeout=_TIMEOUT)
     runner = Runner(tmp, tmp / "stubs", tmp / "torchrun.jsonl")

@@ -8,7 +8,7 @@ optimizer settings and the EMA decay back from there.
 
 import dataclasses
 
-from sedd_megatron.checkpoint.parallel import check_config_layout
+from sedd_megatron.checkpoint.layouts import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.config import SEDDConfig
 from sedd_megatron.training.architecture import backbone_flags, backbone_from_args
@@ -130,7 +130,7 @@ def pretrain_argv(config: SEDDConfig, *, tp: int = 1, pp: int = 1) -> list[str]:
 
     Optimizer settings and the EMA decay come from config.json's ``optim``/``training``
     sections where present (the reference defaults otherwise). Blocks that ``pp`` does not
-    divide get the default uneven split (``checkpoint.parallel.pipeline_split``) through
+    divide get the default uneven split (``checkpoint.layouts.pipeline_split``) through
     Megatron's ``--decoder-first/last-pipeline-num-layers``; a layout that does not fit the
     model raises ConfigError.
     """

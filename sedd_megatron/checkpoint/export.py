@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from sedd_megatron import checksums
-from sedd_megatron.checkpoint import locate, verify, world
+from sedd_megatron.checkpoint import locate, rank0_writes, verify
 from sedd_megatron.checkpoint.loader import SEDDModelInfo, load_sedd_model
 from sedd_megatron.errors import CheckpointError
 from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel
@@ -37,11 +37,12 @@ def export_checkpoint(
     ``use_ema``: None = the EMA weights if saved, True = require them, False = raw weights.
     Runs in the caller's initialised Megatron world (any TP/PP: shards are gathered, rank 0
     writes; start one with ``sedd_megatron.runtime.world()``), else raises CheckpointError.
-    ``out_dir`` must be new (see ``world.new_output_dir``); it appears complete or not at all.
+    ``out_dir`` must be new (see ``rank0_writes.new_output_dir``); it appears complete or not at
+    all.
     ``verify_outputs`` compares the log-scores of the written files with the Megatron model's.
     ``verify_checksums`` checks the source's checksum manifest first; the output gets its own.
     """
-    target = world.new_output_dir(out_dir, source=ckpt_dir)
+    target = rank0_writes.new_output_dir(out_dir, source=ckpt_dir)
     if locate.source_kind(ckpt_dir) != "megatron":
         raise CheckpointError(
             f"{ckpt_dir} is not a pretrain_sedd.py checkpoint (nothing to export)"
@@ -49,7 +50,7 @@ def export_checkpoint(
     where = locate.find_iteration(ckpt_dir, iteration)  # fail early, before the world
     if verify_checksums:
         checksums.verify_directory(where.path)
-    world.require_world(what="export_checkpoint")
+    rank0_writes.require_world(what="export_checkpoint")
     model, info = load_sedd_model(
         ckpt_dir, iteration=iteration, use_ema=use_ema, verify_checksums=verify_checksums
     )
@@ -58,9 +59,9 @@ def export_checkpoint(
     )
 
     reference = reference_state_dict(model)
-    staging = world.staging_path(target)
-    with world.published(staging, target):
-        world.on_rank0(
+    staging = rank0_writes.staging_path(target)
+    with rank0_writes.published(staging, target):
+        rank0_writes.on_rank0(
             lambda: plain_model(info.config, reference).save_pretrained(
                 staging, safetensors=safetensors, pytorch_bin=pytorch_bin
             )

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sedd_megatron import checksums
-from sedd_megatron.checkpoint import configs, locate, verify, world
+from sedd_megatron.checkpoint import configs, locate, rank0_writes, verify
 from sedd_megatron.checkpoint.export import check_difference, plain_model
+from sedd_megatron.checkpoint.layouts import check_config_layout
 from sedd_megatron.checkpoint.loader import build_model, load_sedd_model
-from sedd_megatron.checkpoint.parallel import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel
 from sedd_megatron.training.arguments import add_sedd_args, validate_sedd_args
@@ -50,19 +50,20 @@ def import_checkpoint(
     it: ``with sedd_megatron.runtime.world(tp, pp):``, under torchrun with tp * pp processes
     for tp * pp > 1); else CheckpointError. ``ema_decay`` (default: config.json's
     ``training.ema``, else 0.9999) is recorded in the saved args; 0 saves no EMA weights.
-    ``out_dir`` must be new (see ``world.new_output_dir``); it appears complete or not at all.
+    ``out_dir`` must be new (see ``rank0_writes.new_output_dir``); it appears complete or not at
+    all.
     A layout that does not fit the model raises ConfigError; blocks that ``pp`` does not divide
-    are split by ``checkpoint.parallel.pipeline_split`` (recorded in the saved args as Megatron's
+    are split by ``checkpoint.layouts.pipeline_split`` (recorded in the saved args as Megatron's
     ``--decoder-first/last-pipeline-num-layers``). ``verify_checksums`` checks the input's
     checksum manifest first; the release directory gets its own.
     """
     config, reference = locate.read_plain_checkpoint(plain_dir, verify_checksums=verify_checksums)
     check_config_layout(config, tp, pp)
-    target = world.new_output_dir(out_dir, source=plain_dir)
+    target = rank0_writes.new_output_dir(out_dir, source=plain_dir)
     argv = configs.pretrain_argv(config, tp=tp, pp=pp)
     if ema_decay is not None:
         argv += ["--ema-decay", repr(float(ema_decay))]
-    world.require_world(tp, pp, what="import_checkpoint")
+    rank0_writes.require_world(tp, pp, what="import_checkpoint")
     from sedd_megatron.models.sedd.ema import attach_ema  # lazy: imports megatron
     from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
         load_reference_state_dict,
@@ -74,8 +75,8 @@ def import_checkpoint(
     load_reference_state_dict(model, reference)
     if args.ema_decay > 0:
         attach_ema(model, args.ema_decay)
-    staging = world.staging_path(target)
-    with world.published(staging, target):
+    staging = rank0_writes.staging_path(target)
+    with rank0_writes.published(staging, target):
         save_release_checkpoint(model, args, staging)
         difference = None
         if verify_outputs:
@@ -133,7 +134,7 @@ def save_release_checkpoint(model, args, directory: Path) -> None:
         "model": model.sharded_state_dict(metadata=metadata),
     }
     release_dir = Path(get_checkpoint_name(str(directory), 0, release=True, return_base_dir=True))
-    world.on_rank0(lambda: release_dir.mkdir(parents=True))
+    rank0_writes.on_rank0(lambda: release_dir.mkdir(parents=True))
     checksums.hash_megatron_shard_writes()  # rank 0's shards: no re-read for the manifest
     dist_checkpointing.save(
         state,
@@ -141,8 +142,10 @@ def save_release_checkpoint(model, args, directory: Path) -> None:
         content_metadata={k: v for k, v in metadata.items() if k != "dp_cp_group"},
         preprocess_common_before_consistancy_check=_without_rank,
     )
-    world.on_rank0(lambda: checksums.write_manifest(release_dir))  # every rank's files written
-    world.on_rank0(
+    rank0_writes.on_rank0(
+        lambda: checksums.write_manifest(release_dir)
+    )  # every rank's files written
+    rank0_writes.on_rank0(
         lambda: Path(get_checkpoint_tracker_filename(str(directory))).write_text("release")
     )
 

@@ -7,7 +7,7 @@ import torch
 
 from sedd_megatron import checksums
 from sedd_megatron.checkpoint import configs, locate
-from sedd_megatron.checkpoint.parallel import check_config_layout
+from sedd_megatron.checkpoint.layouts import check_config_layout
 from sedd_megatron.errors import CheckpointError, ConfigError
 from sedd_megatron.plain.checkpoint import first_non_finite
 from sedd_megatron.plain.config import SEDDConfig
@@ -50,7 +50,7 @@ def build_model(config: SEDDConfig, *, seq_length: int | None = None, divisible_
     """This rank's pipeline stage of a float32 SEDDModel for ``config`` at the current TP/PP.
 
     Local (non Transformer Engine) layers, parameters on the current device, weights random.
-    Blocks that PP does not divide are split by ``checkpoint.parallel.pipeline_split`` (Megatron's
+    Blocks that PP does not divide are split by ``checkpoint.layouts.pipeline_split`` (Megatron's
     uneven pipeline; checkpoints are keyed by global layer, so any split loads any checkpoint).
     """
     from megatron.core import parallel_state as ps

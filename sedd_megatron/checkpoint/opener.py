@@ -14,7 +14,7 @@ import torch
 
 from sedd_megatron.checkpoint import locate
 from sedd_megatron.checkpoint.loader import load_sedd_model
-from sedd_megatron.checkpoint.world import require_world
+from sedd_megatron.checkpoint.rank0_writes import require_world
 from sedd_megatron.errors import CheckpointError
 from sedd_megatron.models.score_model import MegatronScoreModel, PlainScoreModel, ScoreModel
 

@@ -2,8 +2,8 @@
 
     python tools/convert_checkpoint.py export --load CKPT [--iteration N] [--raw] \
         [--pytorch-bin] --out DIR [--verify]
-    python tools/convert_checkpoint.py import --plain DIR --out CKPT [--tp T --pp P] [--verify]
-    python tools/convert_checkpoint.py verify DIR [--iteration N]
+    python tools/convert_checkpoint.py import --load DIR --out CKPT [--tp T --pp P] [--verify]
+    python tools/convert_checkpoint.py verify --load DIR [--iteration N]
 
 export writes config.json + model.safetensors (EMA weights unless --raw) from the latest (or the
 given) iteration, gathering any TP/PP split. import writes a Megatron release checkpoint split
@@ -32,7 +32,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sedd_megatron.console import ArgumentParser, exit_on_interrupt, quiet_third_party
+from sedd_megatron.console import (
+    ArgumentParser,
+    add_model_argument,
+    exit_on_interrupt,
+    quiet_third_party,
+    resolve_model,
+)
 
 exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
@@ -47,12 +53,12 @@ from sedd_megatron.checkpoint import (
     source_kind,
     verify_checksums,
 )
-from sedd_megatron.checkpoint.parallel import (
+from sedd_megatron.checkpoint.layouts import (
     SPLIT_RULE,
     check_config_layout,
     read_plain_config,
 )
-from sedd_megatron.checkpoint.world import new_output_dir
+from sedd_megatron.checkpoint.rank0_writes import new_output_dir
 from sedd_megatron.checksums import MANIFEST_NAME, read_manifest, verify_directory
 from sedd_megatron.errors import CheckpointError, ConfigError
 
@@ -78,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="published layout -> pretrain_sedd.py checkpoint",
         description=f"Pipeline split: {SPLIT_RULE}.",
     )
-    imp.add_argument("--plain", required=True, help="config.json + model.safetensors directory")
+    add_model_argument(imp, "config.json + model.safetensors directory", old=("--plain",))
     imp.add_argument("--out", required=True, help="new checkpoint directory (for --load)")
     imp.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the result")
     imp.add_argument(
@@ -93,9 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     check = commands.add_parser(
         "verify", help="check a checkpoint's files against their checksum manifest"
     )
-    check.add_argument("checkpoint", help="pretrain_sedd.py checkpoint or plain directory")
+    add_model_argument(check, "pretrain_sedd.py checkpoint or plain directory", positional=True)
     check.add_argument("--iteration", type=int, help="only this iteration (default: all)")
     args = parser.parse_args(argv)
+    if args.command != "export":
+        resolve_model({"import": imp, "verify": check}[args.command], args)
     if args.command == "import" and (args.tp < 1 or args.pp < 1):
         parser.error("--tp and --pp must be positive")
     return args
@@ -129,13 +137,13 @@ def run_import(args, argv) -> str | None:
     # Bad input is reported here, once, before any process or world starts.
     if spawn:
         config, _ = read_plain_checkpoint(  # the weights too, not from every rank
-            args.plain, verify_checksums=not args.no_verify_checksums
+            args.load, verify_checksums=not args.no_verify_checksums
         )
     else:
-        config = read_plain_config(args.plain)  # import_checkpoint reads the weights
+        config = read_plain_config(args.load)  # import_checkpoint reads the weights
     world_size = None if spawn else int(os.environ.get("WORLD_SIZE", "1"))
     check_config_layout(config, args.tp, args.pp, world_size=world_size)
-    new_output_dir(args.out, source=args.plain)
+    new_output_dir(args.out, source=args.load)
     if spawn:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "sedd_megatron.cli.convert", *argv]  # fmt: skip
@@ -143,7 +151,7 @@ def run_import(args, argv) -> str | None:
         return None  # rank 0 of the launched job printed the report
     with runtime.world(args.tp, args.pp):
         result = import_checkpoint(
-            args.plain,
+            args.load,
             args.out,
             tp=args.tp,
             pp=args.pp,
@@ -151,7 +159,7 @@ def run_import(args, argv) -> str | None:
             verify_checksums=not args.no_verify_checksums,
         )
     return _report(
-        f"imported {args.plain} as a TP={result.tp} PP={result.pp} release checkpoint "
+        f"imported {args.load} as a TP={result.tp} PP={result.pp} release checkpoint "
         f"{result.path} (pretrain_sedd.py --load {result.path})",
         result.max_relative_difference,
     )
@@ -160,13 +168,13 @@ def run_import(args, argv) -> str | None:
 def run_verify(args) -> tuple[str, int]:
     """(line, exit status) of ``verify``: 0 when every manifest matches, 1 when a directory
     has none; a differing file raises CheckpointError."""
-    source_kind(args.checkpoint)  # a clear error for a directory that is no checkpoint
-    if is_plain_dir(args.checkpoint):
-        folders = [Path(args.checkpoint)]
-    elif args.iteration is not None or (Path(args.checkpoint) / "metadata.json").is_file():
-        folders = [find_iteration(args.checkpoint, args.iteration).path]
+    source_kind(args.load)  # a clear error for a directory that is no checkpoint
+    if is_plain_dir(args.load):
+        folders = [Path(args.load)]
+    elif args.iteration is not None or (Path(args.load) / "metadata.json").is_file():
+        folders = [find_iteration(args.load, args.iteration).path]
     else:
-        root = Path(args.checkpoint)
+        root = Path(args.load)
         folders = sorted(p for p in root.iterdir() if p.is_dir() and ITERATION.match(p.name))
         folders = folders or [find_iteration(root).path]  # its clear error
     files, without = 0, []
@@ -181,9 +189,7 @@ def run_verify(args) -> tuple[str, int]:
             f"tool): nothing to verify" + (f"; the other files ({files}) match" if files else ""),
             1,
         )
-    where = (
-        str(folders[0]) if len(folders) == 1 else f"{len(folders)} iterations of {args.checkpoint}"
-    )
+    where = str(folders[0]) if len(folders) == 1 else f"{len(folders)} iterations of {args.load}"
     return f"ok: {files} files of {where} match their checksums", 0
 
 
@@ -197,8 +203,10 @@ def _relaunch(cmd: list[str]) -> None:
     done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, errors="replace", env=env)
     prefix = "convert_checkpoint.py: error: "
     errors = [line for line in done.stderr.splitlines() if line.startswith(prefix)]
-    if done.returncode == 0:
-        sys.stderr.write(done.stderr)
+    if done.returncode == 0:  # without the notes this process printed already
+        notes = "convert_checkpoint.py: note: "
+        kept = [line for line in done.stderr.splitlines(True) if not line.startswith(notes)]
+        sys.stderr.write("".join(kept))
         return
     if errors:
         print(errors[0], file=sys.stderr, flush=True)

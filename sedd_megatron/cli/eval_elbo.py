@@ -21,7 +21,12 @@ import json
 import os
 import sys
 
-from sedd_megatron.console import ArgumentParser, exit_on_interrupt, quiet_third_party
+from sedd_megatron.console import (
+    ArgumentParser,
+    add_deprecated,
+    exit_on_interrupt,
+    quiet_third_party,
+)
 
 exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
@@ -87,7 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ptb-test | ptb-valid | ptb-train | a .txt/.jsonl file | an indexed "
         "dataset prefix (PREFIX.bin/.idx)",
     )
-    g.add_argument("--json-key", default="text", help="JSONL field holding the text")
+    g.add_argument(
+        "--json-keys",
+        dest="json_key",
+        default="text",
+        metavar="KEY",
+        help="JSONL field of the text",
+    )
+    add_deprecated(g, "--json-key", "--json-keys", dest="json_key")
     g.add_argument("--per-line", action="store_true", help="text file: one document per line")
     g.add_argument("--detokenizer", default="auto", choices=DETOKENIZERS)
     g.add_argument("--seq-length", type=int, help="block length (default: the model's)")
@@ -194,7 +206,7 @@ def _main(argv) -> int:
     check_settings(args)
     backend = open_model_for(args)
     from sedd_megatron.checkpoint import verify_checksums  # lazy: torch; checks first
-    from sedd_megatron.checkpoint.parallel import check_tool_layout  # lazy: torch; checks first
+    from sedd_megatron.checkpoint.layouts import check_tool_layout  # lazy: torch; checks first
 
     if not args.no_verify_checksums:
         verify_checksums(args.load, args.iteration)  # before anything reads the files

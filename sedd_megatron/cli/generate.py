@@ -2,12 +2,12 @@
 """Sample text from a SEDD model (a pretrain_sedd.py checkpoint or a plain model directory).
 
 Examples:
-  python tools/generate_sedd.py runs/quickstart/checkpoint --num-samples 4 --steps 64
-  python tools/generate_sedd.py CKPT --template "The capital of France is [MASK:3]." \\
+  python tools/generate_sedd.py --load runs/quickstart/checkpoint --num-samples 4 --steps 64
+  python tools/generate_sedd.py --load CKPT --template "The capital of France is [MASK:3]." \\
       --num-samples 8 --output samples.jsonl
-  python tools/generate_sedd.py CKPT --prompts prompts.jsonl --predictor euler --steps 128
-  torchrun --nproc_per_node=2 tools/generate_sedd.py CKPT --tensor-model-parallel-size 2
-  python tools/generate_sedd.py tests/data/conformance/tiny_absorb --no-detokenize \\
+  python tools/generate_sedd.py --load CKPT --prompts prompts.jsonl --predictor euler --steps 128
+  torchrun --nproc_per_node=2 tools/generate_sedd.py --load CKPT --tensor-model-parallel-size 2
+  python tools/generate_sedd.py --load tests/data/conformance/tiny_absorb --no-detokenize \\
       --prefix "5 6 7" --num-samples 2
 
 Writes one JSON record per sample (JSONL, stdout by default): text, tokens, prompt, settings,
@@ -21,7 +21,13 @@ import argparse
 import contextlib
 import sys
 
-from sedd_megatron.console import ArgumentParser, exit_on_interrupt, quiet_third_party
+from sedd_megatron.console import (
+    ArgumentParser,
+    add_model_argument,
+    exit_on_interrupt,
+    quiet_third_party,
+    resolve_model,
+)
 
 exit_on_interrupt()  # Ctrl-C from here on: one line, exit status 130
 quiet_third_party()  # before torch/Megatron are imported; SEDD_SHOW_WARNINGS=1 shows all
@@ -30,7 +36,7 @@ import torch.distributed as dist
 
 from sedd_megatron import runtime
 from sedd_megatron.checkpoint import open_model, resolve_backend, source_kind, verify_checksums
-from sedd_megatron.checkpoint.parallel import check_tool_layout
+from sedd_megatron.checkpoint.layouts import check_tool_layout
 from sedd_megatron.datasets.tokenizers import add_tokenizer_args, tokenizer_from_args
 from sedd_megatron.errors import ConfigError, DataError, PromptError
 from sedd_megatron.sampling import (
@@ -66,7 +72,9 @@ def _setting(check, convert=int):
 
 def parse_args(argv):
     parser = ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("source", help="pretrain_sedd.py --save directory or plain model dir")
+    add_model_argument(
+        parser, "pretrain_sedd.py --save directory or plain model dir", positional=True
+    )
     parser.add_argument(
         "--iteration",
         type=_setting(checks.check_iteration),
@@ -152,7 +160,9 @@ def parse_args(argv):
     )
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_tokenizer_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    resolve_model(parser, args)
+    return args
 
 
 #: The one line ``--reuse-scores on`` prints for a sigma-conditioned model.
@@ -199,18 +209,18 @@ def main(argv=None) -> int:
             args.predictor, args.steps, args.eps, True, args.fp32_sampling, reuse
         )
         check_output(args.output)
-        source_kind(args.source)  # a missing or wrong model directory
+        source_kind(args.load)  # a missing or wrong model directory
         prompts = _prompts(args)
         tokenizer = None if args.no_detokenize else tokenizer_from_args(args)
         check_prompts(prompts, tokenizer.encode if tokenizer else ids_encoder, args.seq_length)
-        backend = resolve_backend(args.source, args.backend)
+        backend = resolve_backend(args.load, args.backend)
         if not args.no_verify_checksums:
-            verify_checksums(args.source, args.iteration)  # before anything reads the files
-        check_tool_layout(args.source, args.tp, args.pp, backend, iteration=args.iteration)
+            verify_checksums(args.load, args.iteration)  # before anything reads the files
+        check_tool_layout(args.load, args.tp, args.pp, backend, iteration=args.iteration)
         world = runtime.world(args.tp, args.pp, seed=args.seed) if backend == "megatron" else None
         with world or contextlib.nullcontext():
             model = open_model(
-                args.source,
+                args.load,
                 backend,
                 iteration=args.iteration,
                 use_ema=False if args.raw else None,
@@ -227,7 +237,7 @@ def main(argv=None) -> int:
                 seed=args.seed,
                 options=options,
                 progress=not args.no_progress,
-                extra_settings=dict(model=args.source, raw=args.raw, tp=args.tp, pp=args.pp),
+                extra_settings=dict(model=args.load, raw=args.raw, tp=args.tp, pp=args.pp),
                 stats=stats,
             )
             rank0 = not dist.is_initialized() or dist.get_rank() == 0

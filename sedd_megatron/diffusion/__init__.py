@@ -13,7 +13,7 @@ from .graph import (
     log_expm1,
 )
 from .loss import ScoreFn, sample_t, score_entropy_loss, sequence_loss
-from .noise import GeometricNoise, LogLinearNoise, Noise, get_noise
+from .noise import GeometricNoise, LogLinearNoise, Noise, SigmaNoise, get_noise, score_log_expm1
 from .sampling import (
     PREDICTORS,
     analytic_probs,
@@ -35,6 +35,7 @@ __all__ = [
     "PREDICTORS",
     "ScoreEntropyStats",
     "ScoreFn",
+    "SigmaNoise",
     "Uniform",
     "analytic_probs",
     "clamp_projector",
@@ -51,6 +52,7 @@ __all__ = [
     "sample_categorical",
     "sample_t",
     "score_entropy_loss",
+    "score_log_expm1",
     "sequence_loss",
     "time_grid",
     "uniform",

@@ -211,7 +211,7 @@ class Graph(ABC):
     def sampler_weights(self, s, x, start: int, total, kind: str, coef=0.0, exponent=0.0):
         """Float64 weights (R, C) of one reverse draw over columns [start, start + C), for R
         tokens with ids x (R,), scores s = exp(log-score) (R, C) float64 and the full-vocabulary
-        sums ``total`` (R,) float64 (see ``sedd_megatron.sampling.weights``). ``kind`` is
+        sums ``total`` (R,) float64 (see ``sedd_megatron.sampling.step``). ``kind`` is
         "euler" (coefficient ``coef``), "analytic" or "denoise" (exponent ``exponent``)."""
 
     @abstractmethod

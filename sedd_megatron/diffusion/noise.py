@@ -11,11 +11,26 @@ t's dtype.
   ignores sigma_min / sigma_max).
 * Geometric (uniform): sigma_bar(t) = sigma_min^{1-t} sigma_max^t,
   sigma_bar'(t) = sigma_bar(t) (log sigma_max - log sigma_min).
+* SigmaNoise: the total noise as its own time variable (the ELBO's [0, t_eps] term).
+
+``score_log_expm1`` is the log(e^sigma - 1) every score model scales its output by.
 """
 
 import math
 
 import torch
+
+
+def score_log_expm1(sigma: torch.Tensor) -> torch.Tensor:
+    """log(e^sigma - 1) as the score models scale their output by sigma (the reference SEDD's
+    form: expm1(sigma) below sigma = 0.5, exp(sigma) - 1 above), in sigma's dtype.
+
+    The Megatron model, the plain model and the sampler's score cache all call this one
+    function: a cached score moved to a new sigma equals a fresh one only if they agree bit for
+    bit. ``graph.log_expm1`` (sigma + log(1 - e^-sigma)) is the graphs' own, finite for tiny
+    sigma, and is not interchangeable with it.
+    """
+    return torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()
 
 
 class Noise:
@@ -60,6 +75,21 @@ class GeometricNoise(Noise):
 
     def __repr__(self):
         return f"GeometricNoise(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+class SigmaNoise(Noise):
+    """The total noise as its own time variable: sigma_bar(s) = s, sigma_bar'(s) = 1. The
+    estimator evaluates the tail design's draws with it, so a draw's loss is sum_l SE_l at total
+    noise s (the integral over the total noise needs no sigma_bar')."""
+
+    def total_noise(self, t):
+        return t
+
+    def rate_noise(self, t):
+        return torch.ones_like(t)
+
+    def __repr__(self):
+        return "SigmaNoise()"
 
 
 def get_noise(

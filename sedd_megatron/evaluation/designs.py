@@ -40,11 +40,11 @@ groups gives the Monte-Carlo variance (so any design gets an honest confidence i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from sedd_megatron.diffusion.noise import Noise
+from sedd_megatron.diffusion.noise import SigmaNoise
+from sedd_megatron.evaluation.draws import Draws
 from sedd_megatron.evaluation.settings import (
     DESIGNS,
     check_design,
@@ -56,27 +56,12 @@ __all__ = [
     "DESIGNS",
     "CountImportanceDesign",
     "Design",
-    "Draws",
     "MonteCarloDesign",
-    "SigmaNoise",
     "StratifiedDesign",
     "TailDesign",
     "build_design",
     "build_tail_design",
 ]
-
-
-@dataclass
-class Draws:
-    """The evaluation points of one block: (replicates, points) tensors."""
-
-    t: torch.Tensor  # float64
-    weight: torch.Tensor  # float64
-    count: torch.Tensor | None = None  # int64 number of corrupted positions, or None (i.i.d.)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.t.shape)
 
 
 class Design:
@@ -253,21 +238,6 @@ class CountImportanceDesign(_CellImportance):
         """log omega(t, k), the graph's (module docstring)."""
         sigma, dsigma = self.noise(t)
         return self.graph.log_integrand_scale(sigma, dsigma, k, self.length)
-
-
-class SigmaNoise(Noise):
-    """The total noise as its own time variable: sigma_bar(s) = s, sigma_bar'(s) = 1. The
-    estimator evaluates the tail design's draws with it, so a draw's loss is sum_l SE_l at total
-    noise s (the integral over the total noise needs no sigma_bar')."""
-
-    def total_noise(self, t):
-        return t
-
-    def rate_noise(self, t):
-        return torch.ones_like(t)
-
-    def __repr__(self):
-        return "SigmaNoise()"
 
 
 class TailDesign(_CellImportance):

@@ -1,4 +1,5 @@
-"""The random draws of the ELBO estimator, block by block.
+"""The random draws of the ELBO estimator, block by block: the evaluation points a design draws
+(:class:`Draws`) and everything drawn and measured for a block (:class:`BlockDraws`).
 
 The draws of block b (t, counts, x_t) come from a generator seeded with (seed, b) only, so
 results do not depend on the batch size, the data-parallel layout, or which blocks are
@@ -42,6 +43,19 @@ def perturb(graph, x0: torch.Tensor, sigma: torch.Tensor, count, generator) -> t
     ranks = keys.argsort(-1).argsort(-1)
     corrupt = ranks < count[:, None]
     return graph.corrupt(x0, corrupt, generator=generator)
+
+
+@dataclass
+class Draws:
+    """The evaluation points of one block: (replicates, points) tensors."""
+
+    t: torch.Tensor  # float64
+    weight: torch.Tensor  # float64
+    count: torch.Tensor | None = None  # int64 number of corrupted positions, or None (i.i.d.)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.t.shape)
 
 
 @dataclass

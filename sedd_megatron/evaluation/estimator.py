@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sedd_megatron.errors import EvalError
-from sedd_megatron.evaluation.designs import Design, Draws
-from sedd_megatron.evaluation.draws import BlockDraws, block_generator, perturb
+from sedd_megatron.evaluation.designs import Design
+from sedd_megatron.evaluation.draws import BlockDraws, Draws, block_generator, perturb
 from sedd_megatron.models.score_model import to_device
 
 

@@ -234,7 +234,7 @@ def race_triton(
     (B, L, V): (best w / E float64 (B * L,), its global column int64 (B * L,)); -inf / -1 for
     rows that do not move; NaN and the first NaN column for a row with a NaN value (as
     ``torch.argmax``). ``coefficients`` (B * L, 6) float64 and ``special`` (B * L,) int64 are
-    the rows' ``SamplerAffine`` (see ``sedd_megatron.sampling.weights.pack_affine``)."""
+    the rows' ``SamplerAffine`` (see ``sedd_megatron.sampling.step.pack_affine``)."""
     _require(scores, row_keys, coefficients, special, active)
     scores = _score_view(scores)
     batch, length, vocab = scores.shape

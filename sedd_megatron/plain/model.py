@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sedd_megatron.diffusion.noise import score_log_expm1
+
 from .checkpoint import load_pretrained, save_pretrained
 from .config import SEDDConfig
 from .layout import TIMESTEP_FREQ_DIM, rotary_inv_freq
@@ -237,15 +239,10 @@ class SEDD(nn.Module):
             # minus log(e^sigma - 1): the exact absorbing score's dependence on sigma.
             data = x[..., : self.config.tokens].float()
             lse = torch.logsumexp(data, dim=-1, keepdim=True).to(x.dtype)
-            x = x - lse - self.log_expm1(sigma).to(x.dtype)[:, None, None]
+            x = x - lse - score_log_expm1(sigma).to(x.dtype)[:, None, None]
         elif self.config.scale_by_sigma:
-            x = x - self.log_expm1(sigma).to(x.dtype)[:, None, None] - math.log(x.shape[-1] - 1)
+            x = x - score_log_expm1(sigma).to(x.dtype)[:, None, None] - math.log(x.shape[-1] - 1)
         return torch.scatter(x, -1, indices[..., None], torch.zeros_like(x[..., :1]))
-
-    @staticmethod
-    def log_expm1(sigma):
-        """log(e^sigma - 1), with expm1 below 0.5 and exp(sigma) - 1 above, as the reference."""
-        return torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()
 
     @classmethod
     def from_pretrained(

@@ -43,7 +43,7 @@ from .prompts import (
     parse_template,
     read_prompts,
 )
-from .weights import Step, schedule, score_sum, tile_weights
+from .step import Step, schedule, score_sum, tile_weights
 
 __all__ = [
     "Condition",

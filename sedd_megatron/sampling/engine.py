@@ -6,9 +6,9 @@ tokens; the prompt is clamped again before the denoiser and on the output. Two m
 * default (float64, layout-independent): the exponential race argmax_y w_y / E_y with
   E = -log(u) in float64, u a counter-based uniform keyed by (seed, sample index, step, position,
   column) (``rng``). Each tensor-parallel rank races over its own vocabulary shard (weights from
-  its scores plus an all-reduced (B, L) sum, ``weights``) and one all-gather of (best value,
+  its scores plus an all-reduced (B, L) sum, ``sampling.step``) and one all-gather of (best value,
   index) per token picks the winner: the vocabulary is never gathered, and no float64 copy of a
-  shard is made (``weights.race``: one fused pass per token row, a Triton kernel on CUDA, blocks
+  shard is made (``step.race``: one fused pass per token row, a Triton kernel on CUDA, blocks
   of rows in torch elsewhere; no host synchronisation in the step loop). Absorb: only masked
   tokens are drawn (an unmasked token stays with probability 1). Only the last pipeline stage
   draws; the tokens are broadcast to the other stages. Sample i with seed s is the same in any
@@ -40,13 +40,14 @@ from sedd_megatron.diffusion import (
     denoiser_probs,
     mask_projector,
     sample_categorical,
+    score_log_expm1,
 )
 from sedd_megatron.errors import ConfigError
 
 from .options import SamplingOptions
 from .prompts import Condition
 from .rng import LIMIT_STEP, KeyedStreams
-from .weights import (
+from .step import (
     Step,
     num_columns,
     race,
@@ -69,12 +70,6 @@ def _local_math(on_cpu: bool):
     nothing for it to map (every tensor is made on the device of the tensors it comes from), so
     it runs without it; collectives and the model's forward pass keep it."""
     return torch._C.DisableTorchFunction() if on_cpu else contextlib.nullcontext()
-
-
-def _log_expm1(sigma: torch.Tensor) -> torch.Tensor:
-    """log(e^sigma - 1) in float32, computed as the model's output shift computes it."""
-    sigma = sigma.float()
-    return torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).log()
 
 
 class _ScoreCache:
@@ -188,7 +183,7 @@ class Sampler:
         cache.x = x
         if not self.model.is_last_stage:
             return None
-        log_expm1 = _log_expm1(sigma)
+        log_expm1 = score_log_expm1(sigma.float())  # float32, as the model's output shift
         if everything:
             cache.log_score, cache.log_expm1 = fresh, log_expm1
             return fresh

@@ -263,8 +263,8 @@ def flip_middle_bit(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- cases
-GENERATE = ("tools/generate_sedd.py", "{tmp}/ckpt", "--no-detokenize", "--num-samples", "1",
-            "--steps", "2", "--no-progress")  # fmt: skip
+GENERATE = ("tools/generate_sedd.py", "--load", "{tmp}/ckpt", "--no-detokenize", "--num-samples",
+            "1", "--steps", "2", "--no-progress")  # fmt: skip
 EXPORT = ("tools/convert_checkpoint.py", "export", "--load", "{tmp}/ckpt", "--out", "{tmp}/out")
 EVAL = ("tools/eval_elbo_sedd.py", "--load", "{tmp}/ckpt", "--data", "{data}", "--blocks", "1",
         "--num-t-samples", "2", "--no-progress")  # fmt: skip
@@ -337,19 +337,19 @@ CASES = [
     Case("generate: NaN in the Megatron weights", GENERATE, NAN, setup=poison_weight),
     Case(
         "generate: NaN in the plain weights",
-        GENERATE[:1] + ("{tmp}/plain",) + GENERATE[2:],
+        GENERATE[:2] + ("{tmp}/plain",) + GENERATE[3:],
         r"model\.safetensors: the weight blocks\.1\.mlp\.0\.bias holds NaN or Inf",
         setup=poison_plain,
     ),
     Case(
         "generate: pytorch_model.bin runs code",
-        GENERATE[:1] + ("{tmp}/plain",) + GENERATE[2:],
+        GENERATE[:2] + ("{tmp}/plain",) + GENERATE[3:],
         r"refusing to load .*pytorch_model\.bin: it needs the Python global (getattr|pathlib)",
         setup=plain_with_bin(None),
     ),
     Case(
         "generate: pytorch_model.bin of random bytes",
-        GENERATE[:1] + ("{tmp}/plain",) + GENERATE[2:],
+        GENERATE[:2] + ("{tmp}/plain",) + GENERATE[3:],
         r"pytorch_model\.bin is not a readable PyTorch checkpoint \(truncated or corrupt: ",
         setup=plain_with_bin(random_bytes()),
     ),
@@ -387,13 +387,13 @@ CASES += [
     Case("export: a flipped bit in a shard", EXPORT, FLIPPED, setup=flipped_shard),
     Case(
         "verify: a flipped bit in a shard",
-        ("tools/convert_checkpoint.py", "verify", "{tmp}/ckpt"),
+        ("tools/convert_checkpoint.py", "verify", "--load", "{tmp}/ckpt"),
         FLIPPED,
         setup=flipped_shard,
     ),
     Case(
         "import: a flipped bit in model.safetensors",
-        ("tools/convert_checkpoint.py", "import", "--plain", "{tmp}/plain", "--out", "{tmp}/out"),
+        ("tools/convert_checkpoint.py", "import", "--load", "{tmp}/plain", "--out", "{tmp}/out"),
         r"plain/model\.safetensors: checksum mismatch",
         setup=flipped_safetensors,
     ),

@@ -4,7 +4,7 @@ from tests.bad_inputs import Case
 
 # each tool with its required arguments, so that the unknown flag is what is reported
 TOOLS = {
-    "tools/generate_sedd.py": ("{plain}",),
+    "tools/generate_sedd.py": ("--load", "{plain}"),
     "tools/eval_elbo_sedd.py": ("--load", "{plain}"),
     "tools/eval_gen_ppl.py": ("--samples", "{text}"),
     "tools/convert_checkpoint.py": ("export", "--load", "{megatron}", "--out", "{tmp}/out"),
@@ -23,7 +23,7 @@ CASES = [
 ] + [
     Case(
         "generate: not a number",
-        ("tools/generate_sedd.py", "{plain}", "--steps", "many"),
+        ("tools/generate_sedd.py", "--load", "{plain}", "--steps", "many"),
         r"--steps: expected an integer, got 'many'",
     ),
     Case("convert: no command", ("tools/convert_checkpoint.py",), r"required"),

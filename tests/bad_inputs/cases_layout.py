@@ -16,7 +16,7 @@ from tests.bad_inputs import Case
 CONVERT = "tools/convert_checkpoint.py"
 GENERATE = ("tools/generate_sedd.py", "--no-detokenize", "--no-progress", "--steps", "2")
 EVAL = ("tools/eval_elbo_sedd.py", "--data", "{text}", "--no-progress", "--num-t-samples", "2")
-IMPORT = (CONVERT, "import", "--plain", "{plain}")
+IMPORT = (CONVERT, "import", "--load", "{plain}")
 EXPORT = (CONVERT, "export", "--load", "{megatron}")
 
 
@@ -51,19 +51,19 @@ CASES = [
     ),
     Case(
         "generate --tp 3 on a Megatron checkpoint (4 heads)",
-        (*GENERATE, "{megatron}", "--tp", "3"),
+        (*GENERATE, "--load", "{megatron}", "--tp", "3"),
         r"layout TP=3 x PP=1 does not fit the model: n_heads 4 is not divisible by TP=3",
         env={"WORLD_SIZE": "3"},
     ),
     Case(
         "generate --pp 4 (2 blocks)",
-        (*GENERATE, "{plain}", "--backend", "megatron", "--pp", "4"),
+        (*GENERATE, "--load", "{plain}", "--backend", "megatron", "--pp", "4"),
         r"2 blocks cannot fill PP=4 pipeline stages",
         env={"WORLD_SIZE": "4"},
     ),
     Case(
         "generate --tp 2 with the plain backend",
-        (*GENERATE, "{plain}", "--tp", "2"),
+        (*GENERATE, "--load", "{plain}", "--tp", "2"),
         r"TP=2 x PP=1 needs the Megatron backend under torchrun",
     ),
     Case(
@@ -81,7 +81,7 @@ CASES = [
     ),
     Case(
         "import --out inside the source directory",
-        (CONVERT, "import", "--plain", "{tmp}/plain", "--out", "{tmp}/plain/converted"),
+        (CONVERT, "import", "--load", "{tmp}/plain", "--out", "{tmp}/plain/converted"),
         r"lies inside the source",
         setup=_plain_copy,
     ),

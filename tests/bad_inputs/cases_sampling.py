@@ -10,11 +10,11 @@ GENERATE = "tools/generate_sedd.py"
 
 
 def plain(*args: str) -> tuple[str, ...]:
-    return (GENERATE, "{plain}", "--no-detokenize", "--no-progress", *args)
+    return (GENERATE, "--load", "{plain}", "--no-detokenize", "--no-progress", *args)
 
 
 def megatron(*args: str) -> tuple[str, ...]:
-    return (GENERATE, "{megatron}", "--no-detokenize", "--no-progress", *args)
+    return (GENERATE, "--load", "{megatron}", "--no-detokenize", "--no-progress", *args)
 
 
 OUT = "{tmp}/out.jsonl"
@@ -87,8 +87,10 @@ CASES = [
     Case("generate: text prompt without a tokenizer", plain("--prefix", "hello world"),
          r"without a tokenizer \(--no-detokenize\) prompts are token ids, got 'hello world'"),
     # model directories
-    Case("generate: missing model directory", (GENERATE, "{tmp}/no_model", "--no-detokenize"),
+    Case("generate: missing model directory",
+         (GENERATE, "--load", "{tmp}/no_model", "--no-detokenize"),
          r"no_model: no such checkpoint directory"),
-    Case("generate: empty model directory", (GENERATE, "{tmp}/empty", "--no-detokenize"),
+    Case("generate: empty model directory",
+         (GENERATE, "--load", "{tmp}/empty", "--no-detokenize"),
          r"empty is empty: not a SEDD checkpoint", setup=make_dir("empty")),
 ]  # fmt: skip

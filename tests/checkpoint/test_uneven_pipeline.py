@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sedd_megatron.checkpoint.parallel import (
+from sedd_megatron.checkpoint.layouts import (
     check_config_layout,
     check_layout,
     check_source_layout,

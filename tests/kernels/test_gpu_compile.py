@@ -134,7 +134,7 @@ def _cases() -> list[dict]:
         bwd = dict(fwd, WANT_SHIFT_GRAD=shift == "grad")
         cases.append(
             _case(
-                "score_entropy",
+                "score_entropy_stats",
                 f"V{vocab}-tp{tp}rank{rank}-{graph}-shift_{shift or 'none'}-{dtype}",
                 "score_entropy",
                 {
@@ -403,7 +403,7 @@ def _run_score_entropy(torch, module, vocab, tp, rank, graph, shift, dtype):
 
 def _run_sampling_step(torch, module, vocab, tp, rank, dtype):
     """The fused sampler step on this rank's shard of the absorb vocabulary (the last rank's
-    shard ends in padding), as sedd_megatron.sampling.weights launches it."""
+    shard ends in padding), as sedd_megatron.sampling.step launches it."""
     seq, batch = 64, 4
     rows = seq * batch
     vocab_rows = NUM_TOKENS + 1

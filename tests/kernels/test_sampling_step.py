@@ -15,7 +15,7 @@ from sedd_megatron.kernels.sampling_step import (
     score_sums_triton,
 )
 from sedd_megatron.sampling import PlainScoreModel, Sampler, SamplingOptions, rng
-from sedd_megatron.sampling.weights import (
+from sedd_megatron.sampling.step import (
     num_columns,
     pack_affine,
     race,

@@ -22,7 +22,7 @@ MODEL = CONFORMANCE_DIR / "tiny_absorb"
 
 def generate(*args):
     """The CLI in a fresh process."""
-    return run_command([sys.executable, str(TOOL), str(MODEL), *args], 120)
+    return run_command([sys.executable, str(TOOL), "--load", str(MODEL), *args], 120)
 
 
 def cli_main(*args, model=MODEL) -> int:
@@ -30,7 +30,7 @@ def cli_main(*args, model=MODEL) -> int:
     spec = importlib.util.spec_from_file_location("generate_sedd", TOOL)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main([str(model), *args])
+    return module.main(["--load", str(model), *args])
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def _start(*args) -> subprocess.Popen:
     """The CLI in a fresh process that turns SIGINT into KeyboardInterrupt (as in a terminal,
     even when this test runs with SIGINT ignored)."""
     return subprocess.Popen(
-        [sys.executable, str(TOOL), str(MODEL), *INTERRUPTED_ARGS, *args],
+        [sys.executable, str(TOOL), "--load", str(MODEL), *INTERRUPTED_ARGS, *args],
         cwd=REPO_ROOT,
         env=worker_env(),
         stdout=subprocess.PIPE,
@@ -186,7 +186,7 @@ def test_cli_data_parallel_megatron_matches_plain(tmp_path, capsys):
     args = ["--no-detokenize", "--prefix", "3 4", "--num-samples", "3", "--steps", "3"]
     out = tmp_path / "dp.jsonl"
     flags = ["--backend", "megatron", "--batch-size", "1", "--output", str(out), "--no-progress"]
-    run_torchrun(TOOL, 2, [str(model), *args, *flags], timeout=180)
+    run_torchrun(TOOL, 2, ["--load", str(model), *args, *flags], timeout=180)
     assert cli_main(*args, "--no-progress", model=model) == 0
     plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -199,7 +199,7 @@ def test_cli_kernels_on_megatron_tp2_matches_the_torch_code(tmp_path):
     """The path a CUDA run takes: the layer kernels and the sampler's kernels (keyed uniforms,
     score sums, the race) under Triton's interpreter, on SEDDModel at TP = 2, give the tokens
     of the torch code."""
-    args = [str(MODEL), "--no-detokenize", "--num-samples", "2", "--steps", "4",
+    args = ["--load", str(MODEL), "--no-detokenize", "--num-samples", "2", "--steps", "4",
             "--backend", "megatron", "--tp", "2", "--batch-size", "2", "--no-progress"]  # fmt: skip
     records = {}
     for name, env in (("kernels", {"SEDD_TRITON_ON_CPU": "1"}), ("torch", None)):

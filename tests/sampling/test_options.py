@@ -240,7 +240,7 @@ def test_steps_that_cannot_fit_in_memory_are_one_error(monkeypatch):
     from sedd_megatron.datasets import checks
     from sedd_megatron.diffusion.noise import LogLinearNoise
     from sedd_megatron.sampling.options import STEP_BYTES
-    from sedd_megatron.sampling.weights import schedule
+    from sedd_megatron.sampling.step import schedule
 
     tracemalloc.start()
     steps = schedule(LogLinearNoise(), 20000, "analytic")

@@ -65,13 +65,13 @@ def _tool(script: str, *args: str, check: bool = False):
 
 
 def test_verify_command_good_and_without_manifest(saved, tmp_path):
-    done = _tool("convert_checkpoint.py", "verify", str(saved), check=True)
+    done = _tool("convert_checkpoint.py", "verify", "--load", str(saved), check=True)
     assert done.stdout.strip().splitlines()[-1] == (
         f"ok: 3 files of {saved}/iter_0000002 match their checksums"
     )
     copy = shutil.copytree(saved, tmp_path / "ckpt")
     (copy / "iter_0000002" / checksums.MANIFEST_NAME).unlink()
-    done = _tool("convert_checkpoint.py", "verify", str(copy))
+    done = _tool("convert_checkpoint.py", "verify", "--load", str(copy))
     assert done.returncode == 1
     assert "iter_0000002: no sedd_checksums.json" in done.stdout.strip().splitlines()[-1]
 
@@ -79,7 +79,16 @@ def test_verify_command_good_and_without_manifest(saved, tmp_path):
 def test_generate_skips_the_check_on_request_and_notes_a_missing_manifest(saved, tmp_path):
     copy = shutil.copytree(saved, tmp_path / "ckpt")
     flip_bit(copy / "iter_0000002" / "__0_0.distcp")
-    args = [str(copy), "--no-detokenize", "--num-samples", "1", "--steps", "2", "--no-progress"]
+    args = [
+        "--load",
+        str(copy),
+        "--no-detokenize",
+        "--num-samples",
+        "1",
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
     done = _tool("generate_sedd.py", *args, "--no-verify-checksums", check=True)
     assert '"tokens"' in done.stdout and "checksum" not in done.stdout
     (copy / "iter_0000002" / checksums.MANIFEST_NAME).unlink()

@@ -40,7 +40,7 @@ def test_pretrain_export_import_generate(tmp_path):
     assert all(round_trip[k].equal(weights[k]) for k in weights)
 
     out = run_command(
-        [sys.executable, str(REPO_ROOT / "tools" / "generate_sedd.py"), str(plain),
+        [sys.executable, str(REPO_ROOT / "tools" / "generate_sedd.py"), "--load", str(plain),
          "--no-detokenize", "--no-progress", "--steps", "64", "--num-samples", "2",
          "--seq-length", "8", "--output", str(tmp_path / "samples.jsonl")],
         timeout=120,

@@ -17,12 +17,15 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
-from sedd_megatron.models.sedd.score_entropy import vocab_parallel_score_entropy_from_logits
+from sedd_megatron.diffusion.noise import score_log_expm1
 from sedd_megatron.models.sedd.sedd_config import SEDDTransformerConfig
 from sedd_megatron.models.sedd.sedd_layers import (
     ConstantConditioning,
     SEDDFinalLayer,
     TimestepEmbedder,
+)
+from sedd_megatron.models.sedd.vocab_parallel_score_entropy import (
+    vocab_parallel_score_entropy_from_logits,
 )
 
 
@@ -254,11 +257,10 @@ class SEDDModel(LanguageModule):
         log(e^sigma - 1) alone (their logits are already log-normalised over the data tokens)."""
         if not self.config.scale_by_sigma:
             return None
-        sigma = sigma.float()
-        esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1)
+        log_expm1 = score_log_expm1(sigma.float())
         if self.config.time_conditioning == "none":
-            return esigm1.log()
-        return esigm1.log() + math.log(self.config.vocab_rows - 1)
+            return log_expm1
+        return log_expm1 + math.log(self.config.vocab_rows - 1)
 
     def _postprocess(self, logits, x_t, sigma, padding: float) -> torch.Tensor:
         """sigma-scaling (absorb), log-score 0 at the current token, ``padding`` on padded rows

@@ -1,4 +1,4 @@
-"""The sampler's fused step in torch (sedd_megatron/sampling/weights.py): the graphs' affine form
+"""The sampler's fused step in torch (sedd_megatron/sampling/step.py): the graphs' affine form
 of the weights, the race against a plain evaluation (full float64 weights, the keyed uniforms,
 argmax), shards against the whole vocabulary, and the law of the draws."""
 
@@ -7,8 +7,9 @@ import torch
 from scipy import stats
 
 from sedd_megatron.diffusion import get_graph, get_noise
-from sedd_megatron.sampling import rng, weights
-from sedd_megatron.sampling.weights import (
+from sedd_megatron.sampling import rng
+from sedd_megatron.sampling import step as sampler_step
+from sedd_megatron.sampling.step import (
     num_columns,
     race,
     race_one_shard,
@@ -89,8 +90,8 @@ def test_race_equals_plain_evaluation(name):
     graph, scores, x = case(name)
     batch, length = scores.shape[:2]
     active = graph.moving(x)
-    budget = weights.CHUNK_ELEMENTS["cpu"]
-    weights.CHUNK_ELEMENTS["cpu"] = 2 * graph.dim  # two rows per block
+    budget = sampler_step.CHUNK_ELEMENTS["cpu"]
+    sampler_step.CHUNK_ELEMENTS["cpu"] = 2 * graph.dim  # two rows per block
     try:
         for step in steps_of(graph):
             keys = keys_for(batch, length, step.index)
@@ -105,7 +106,7 @@ def test_race_equals_plain_evaluation(name):
             one = race_one_shard(graph, step, scores, x, active, cols, keys)
             assert torch.equal(one[1], want[1]) and torch.equal(one[0], want[0]), step.kind
     finally:
-        weights.CHUNK_ELEMENTS["cpu"] = budget
+        sampler_step.CHUNK_ELEMENTS["cpu"] = budget
 
 
 @pytest.mark.parametrize("name", GRAPHS)

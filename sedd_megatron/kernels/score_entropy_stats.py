@@ -26,8 +26,9 @@ backward; backward recomputes e^{s_y} from them and writes dL/dl in the logits' 
 into the saved logits when allowed, together with the row sum that gives dL/dc. No host
 synchronisation anywhere.
 
-Same contract as ``sedd_megatron.models.sedd.score_entropy._FusedScoreEntropyStats`` (the torch
-path, which also serves float64 and CPU tensors); this module does not import Megatron.
+Same contract as ``_TorchScoreEntropyStats`` in
+``sedd_megatron.models.sedd.vocab_parallel_score_entropy`` (the torch path, which also serves
+float64 and CPU tensors); this module does not import Megatron.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def _num_warps(block_v: int) -> int:
 
 
 class _TritonScoreEntropyStats(torch.autograd.Function):
-    """The Triton twin of ``_FusedScoreEntropyStats``: see ``score_entropy_stats_triton``."""
+    """The Triton twin of ``_TorchScoreEntropyStats``: see ``score_entropy_stats_triton``."""
 
     @staticmethod
     def forward(

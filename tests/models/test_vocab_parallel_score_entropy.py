@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sedd_megatron.diffusion import get_graph
-from sedd_megatron.models.sedd.score_entropy import (
+from sedd_megatron.models.sedd.vocab_parallel_score_entropy import (
     fused_score_entropy_stats,
     vocab_parallel_score_entropy,
 )

@@ -6,7 +6,7 @@ them, and every rank combines the totals (``Graph.score_entropy_from_stats``). T
 Megatron's ``reduce_from_tensor_model_parallel_region``: its backward is the identity, which is
 the gradient of the redundant per-rank combination with respect to each rank's partial sums.
 
-The per-shard sums come from ``_FusedScoreEntropyStats``, one ``torch.autograd.Function`` that
+The per-shard sums come from ``_TorchScoreEntropyStats``, one ``torch.autograd.Function`` that
 goes from the raw output-layer logits l (any float dtype, Megatron's [s, b, V_local] layout) to
 the statistics of the log-score
 
@@ -27,10 +27,10 @@ for backward, which turns it in place into the gradient with respect to the logi
     dL/dc_b = -sum_{s, y} dL/dl_y   (only computed when the shift requires grad).
 
 On CUDA (and, in tests, on CPU through Triton's interpreter) float32 / bf16 / fp16 logits go to
-the Triton kernels of ``sedd_megatron.kernels.score_entropy`` instead: same statistics and
+the Triton kernels of ``sedd_megatron.kernels.score_entropy_stats`` instead: same statistics and
 gradients, but one pass over the shard forward and one backward, no shard-sized buffer (the
 logits themselves are saved, e^{s_y} is recomputed, and the gradient is written in the logits'
-dtype, over the logits when ``inplace``). ``_FusedScoreEntropyStats`` remains the CPU / float64
+dtype, over the logits when ``inplace``). ``_TorchScoreEntropyStats`` remains the CPU / float64
 path.
 """
 
@@ -39,7 +39,7 @@ from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_regi
 
 from sedd_megatron.diffusion import get_graph
 from sedd_megatron.diffusion.graph import Graph, ScoreEntropyStats
-from sedd_megatron.kernels.score_entropy import score_entropy_stats_triton, triton_supports
+from sedd_megatron.kernels.score_entropy_stats import score_entropy_stats_triton, triton_supports
 
 # CPU: rows per chunk are chosen so that a chunk of the float32 buffer is about this size, which
 # keeps a chunk in cache across the chunk's passes (shift, exp, sums). CUDA: one chunk.
@@ -66,8 +66,9 @@ def _set_at(buf: torch.Tensor, index: torch.Tensor, holds: torch.Tensor, value: 
     buf.scatter_(1, index, torch.where(holds[:, None], value, current))
 
 
-class _FusedScoreEntropyStats(torch.autograd.Function):
-    """Fused shard statistics of score entropy from raw logits (see the module docstring).
+class _TorchScoreEntropyStats(torch.autograd.Function):
+    """Shard statistics of score entropy from raw logits in torch, one autograd Function: the
+    CPU / float64 path and the Triton kernels' twin (see the module docstring).
 
     Inputs (rows = tokens in the memory order of the logits, flattened by the wrapper):
         logits: [A, B, V] contiguous (float32, bf16 or fp16); shift: [R] float32 or None;
@@ -255,7 +256,7 @@ def fused_score_entropy_stats(
         if chunk_bytes is None:
             chunk_bytes = _CPU_CHUNK_BYTES if logits.device.type == "cpu" else 1 << 62
         chunk_rows = max(1, chunk_bytes // (4 * max(vocab, 1)))
-        out = _FusedScoreEntropyStats.apply(*inputs, inplace, inplace_backward, chunk_rows)
+        out = _TorchScoreEntropyStats.apply(*inputs, inplace, inplace_backward, chunk_rows)
 
     def back(t: torch.Tensor) -> torch.Tensor:  # [R] -> [b, s], contiguous (for all-reduce)
         return t.view(b, s) if by_batch else t.view(s, b).t().contiguous()

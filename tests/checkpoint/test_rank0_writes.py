@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from sedd_megatron.checkpoint import world
+from sedd_megatron.checkpoint import rank0_writes
 from sedd_megatron.errors import CheckpointError
 
 
 def test_a_new_path_is_accepted_and_nothing_is_created(tmp_path):
     for path in (tmp_path / "out", tmp_path / "missing" / "parents" / "out"):
-        assert world.new_output_dir(path) == path
+        assert rank0_writes.new_output_dir(path) == path
     assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing
 
 
@@ -28,24 +28,24 @@ def test_a_new_path_is_accepted_and_nothing_is_created(tmp_path):
 def test_an_existing_output_is_refused(tmp_path, make, message):
     make(tmp_path / "out")
     with pytest.raises(CheckpointError, match=message):
-        world.new_output_dir(tmp_path / "out")
+        rank0_writes.new_output_dir(tmp_path / "out")
 
 
 def test_bad_parents_are_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match=r"file is not a directory"):
-        world.new_output_dir(tmp_path / "file" / "a" / "out")
+        rank0_writes.new_output_dir(tmp_path / "file" / "a" / "out")
     with pytest.raises(CheckpointError, match=r"cannot write in /proc"):
-        world.new_output_dir("/proc/sedd_out")
+        rank0_writes.new_output_dir("/proc/sedd_out")
     with pytest.raises(CheckpointError, match="empty"):
-        world.new_output_dir("")
+        rank0_writes.new_output_dir("")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_a_read_only_parent_is_refused(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o555)
     with pytest.raises(CheckpointError, match="cannot write in"):
-        world.new_output_dir(tmp_path / "ro" / "out")
+        rank0_writes.new_output_dir(tmp_path / "ro" / "out")
 
 
 def test_an_output_inside_the_source_is_refused(tmp_path):
@@ -53,8 +53,8 @@ def test_an_output_inside_the_source_is_refused(tmp_path):
     source.mkdir()
     for out in (source / "export", source / "a" / "b", tmp_path / "ckpt" / ".." / "ckpt" / "x"):
         with pytest.raises(CheckpointError, match="lies inside the source"):
-            world.new_output_dir(out, source=source)
-    assert world.new_output_dir(tmp_path / "ckpt_export", source=source)
+            rank0_writes.new_output_dir(out, source=source)
+    assert rank0_writes.new_output_dir(tmp_path / "ckpt_export", source=source)
 
 
 def test_missing_parents_are_created_only_when_publishing(tmp_path):
@@ -62,7 +62,7 @@ def test_missing_parents_are_created_only_when_publishing(tmp_path):
     staging = tmp_path / ".out.staging"
     staging.mkdir()
     (staging / "f").write_text("done")
-    world._publish(staging, target)
+    rank0_writes._publish(staging, target)
     assert (target / "f").read_text() == "done" and not staging.exists()
 
 

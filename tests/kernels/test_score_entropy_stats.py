@@ -3,7 +3,7 @@
 Runs Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set before triton is used).
 Three references:
 
-* ``_FusedScoreEntropyStats`` (the torch path, ``use_triton=False``) on the same rows, with
+* ``_TorchScoreEntropyStats`` (the torch path, ``use_triton=False``) on the same rows, with
   arbitrary shard-local x_t / x0 (negative, inside the padding, past the shard);
 * ``graph.score_entropy_stats`` on the log-score s = logits - shift, 0 at x_t (the unfused
   definition), through the [s, b, V] wrapper, both memory layouts;
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from sedd_megatron.diffusion import get_graph
-from sedd_megatron.kernels.score_entropy import score_entropy_stats_triton, triton_supports
-from sedd_megatron.models.sedd import score_entropy as se
+from sedd_megatron.kernels.score_entropy_stats import score_entropy_stats_triton, triton_supports
+from sedd_megatron.models.sedd import vocab_parallel_score_entropy as se
 
 # conftest.py's fixture: skip (saying why) where Triton's interpreter cannot run the kernels
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
@@ -54,7 +54,7 @@ def _grads(outputs, inputs, upstream):
 
 
 def _torch_rows(logits, shift, x_t, x0, num_valid, mask_local, inplace_backward=False):
-    return se._FusedScoreEntropyStats.apply(
+    return se._TorchScoreEntropyStats.apply(
         logits, shift, x_t, x0, num_valid, mask_local, False, inplace_backward, 1 << 20
     )
 
