@@ -77,7 +77,7 @@ def torch_dist_saver(state):
 def safetensors_saver(state):
     from safetensors.torch import save_file
 
-    from sedd_megatron.plain.checkpoint import save_safetensors
+    from sedd_megatron.plain.checkpoint import save_safetensors  # lazy: beside save_file
 
     def save(folder: Path, hashing: bool) -> None:
         folder.mkdir()
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--verbose", action="store_true", help="print every rep's times")
     args = parser.parse_args(argv)
 
-    from sedd_megatron.runtime.distributed import init_distributed
+    from sedd_megatron.runtime.distributed import init_distributed  # lazy: after --help
 
     init_distributed()  # one gloo process (the CPU shim where there is no CUDA)
     state = medium_state(int(args.params))

@@ -143,7 +143,9 @@ def build(args, dtype, use_te: bool | None):
         get_sedd_layer_spec,
         padded_vocab_size,
     )
-    from sedd_megatron.models.sedd.state_dict_adapter import transformer_config_kwargs
+    from sedd_megatron.models.sedd.state_dict_adapter import (  # lazy: imports megatron
+        transformer_config_kwargs,
+    )
 
     config = SEDDTransformerConfig(
         **transformer_config_kwargs(published_config(args)),

@@ -75,7 +75,9 @@ def test_every_tool_opens_what_pretrain_trains(variant, tmp_path):
     pretrain([*TINY, *VARIANTS[variant], "--save", str(ckpt)])
 
     sampled = tmp_path / "ckpt.jsonl"
-    tool("generate_sedd.py", ckpt, *GENERATE, "--backend", "megatron", "--output", sampled)
+    tool(
+        "generate_sedd.py", "--load", ckpt, *GENERATE, "--backend", "megatron", "--output", sampled
+    )
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 3 + "\n")
     tool("eval_elbo_sedd.py", "--load", ckpt, "--data", text, *EVAL, "--output",
@@ -93,9 +95,9 @@ def test_every_tool_opens_what_pretrain_trains(variant, tmp_path):
     )
 
     imported = tmp_path / "imported"
-    tool("convert_checkpoint.py", "import", "--plain", exported, "--out", imported)
+    tool("convert_checkpoint.py", "import", "--load", exported, "--out", imported)
     resampled = tmp_path / "imported.jsonl"
-    tool("generate_sedd.py", imported, *GENERATE, "--output", resampled)
+    tool("generate_sedd.py", "--load", imported, *GENERATE, "--output", resampled)
     assert tokens(resampled) == tokens(sampled)
 
     again = tmp_path / "again"
@@ -107,6 +109,6 @@ def test_every_tool_opens_what_pretrain_trains(variant, tmp_path):
     if variant == "llama":  # the key/value groups and the SwiGLU halves split over TP = 2
         sharded = tmp_path / "tp2.jsonl"
         run_torchrun(TOOLS / "generate_sedd.py", 2,
-                     [str(ckpt), *GENERATE, "--backend", "megatron", "--tp", "2",
+                     ["--load", str(ckpt), *GENERATE, "--backend", "megatron", "--tp", "2",
                       "--output", str(sharded)], timeout=240)  # fmt: skip
         assert tokens(sharded) == tokens(sampled)

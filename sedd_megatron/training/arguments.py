@@ -14,6 +14,7 @@ import yaml
 
 from sedd_megatron.console import one_line_errors
 from sedd_megatron.errors import ConfigError
+from sedd_megatron.training.architecture import architecture_problems
 
 GPT2_VOCAB_SIZE = 50257  # the reference's vocabulary (GPT-2 BPE; EOS = 50256, the last id)
 
@@ -324,7 +325,6 @@ def check_argv(argv: list[str]) -> argparse.Namespace:
 def validate_sedd_args(args) -> None:
     """Fill derived SEDD defaults and reject flags that contradict the SEDD architecture."""
     from sedd_megatron.diffusion import graph_class  # lazy: torch; check_argv runs before it
-    from sedd_megatron.training.architecture import architecture_problems
 
     graph = graph_class(args.sedd_graph)  # argparse's choices have checked the name
     if args.sedd_noise is None:
