@@ -105,7 +105,7 @@ class SEDDConfig:
     def __post_init__(self):
         for name in ("tokens", "hidden_size", "cond_dim", "length", "n_blocks", "n_heads"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not _is_positive_int(value):
                 raise ConfigError(f"{_FIELD_NAMES[name]} must be a positive integer, got {value!r}")
         if self.graph not in GRAPH_TYPES:
             raise ConfigError(f"graph.type must be one of {GRAPH_TYPES}, got {self.graph!r}")
@@ -146,11 +146,9 @@ class SEDDConfig:
             raise ConfigError(f"extra must be a dict, got {type(self.extra).__name__}")
 
     def _check_backbone(self) -> None:
-        for name in ("ffn_hidden_size", "n_kv_heads", "kv_channels"):
+        for name in ("ffn_hidden_size", "n_kv_heads", "kv_channels"):  # None: the reference's
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{_FIELD_NAMES[name]} must be a positive integer, got {value!r}")
-            if value is not None and value <= 0:
+            if value is not None and not _is_positive_int(value):
                 raise ConfigError(f"{_FIELD_NAMES[name]} must be a positive integer, got {value!r}")
         if self.kv_channels is None and self.hidden_size % self.n_heads:
             raise ConfigError(
@@ -241,6 +239,10 @@ class SEDDConfig:
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _is_number(value) -> bool:
