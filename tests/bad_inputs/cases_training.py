@@ -83,7 +83,11 @@ CASES = [
     # SEDD flags
     Case("pretrain: unknown graph", mock("--sedd-graph", "gaussian"),
          r"--sedd-graph: invalid choice: 'gaussian'"),
-    Case("pretrain: gated MLP", mock("--swiglu"), r"SEDD's MLP is GELU \(tanh\)"),
+    Case("pretrain: squared-ReLU MLP", mock("--squared-relu"),
+         r"--squared-relu, --quick-geglu: not supported: the MLP is tanh-GELU"),
+    Case("pretrain: query groups that do not divide the heads",
+         mock("--group-query-attention", "--num-query-groups", "3"),
+         r"--num-query-groups \(3\) must divide --num-attention-heads"),
     # --config files
     Case("pretrain: --config key given twice", mock("--config", "{tmp}/c.yaml"),
          r"c\.yaml: line 3: 'lr' is given twice \(first on line 1\)",
