@@ -24,6 +24,7 @@ CORNERS=(
 SUBSET=(
     "tests/models/test_sedd_model.py::test_parallel_layout_matches_plain_twin_and_reference[tiny_absorb-tp2-False]"
     "tests/models/test_sedd_model.py::test_parallel_layout_matches_plain_twin_and_reference[tiny_absorb-pp2-False]"
+    "tests/models/test_sedd_model.py::test_backbone_variant_matches_plain_twin[llama-tp2-False]"
     "tests/runtime/test_distopt_resume.py"
     "tests/checkpoint/test_roundtrip.py::test_tp2_pp2_round_trip_is_bit_identical"
     "tests/sampling/test_megatron.py::test_megatron_tp1_conformance_and_samples"
