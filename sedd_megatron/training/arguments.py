@@ -193,9 +193,13 @@ _NON_NEGATIVE = (
 )  # fmt: skip
 
 
+#: Megatron flags whose dest is not the flag's name.
+_FLAG_OF_DEST = {"layernorm_epsilon": "--norm-epsilon"}
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of an argument dest: ``train_iters`` -> ``--train-iters``."""
-    return "--" + name.replace("_", "-")
+    return _FLAG_OF_DEST.get(name) or "--" + name.replace("_", "-")
 
 
 def training_setting_problems(args) -> list[str]:

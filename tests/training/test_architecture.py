@@ -130,3 +130,22 @@ def test_llama_config_trains_on_cpu():
     assert "number of skipped iterations:   0" in result.stdout
     summary = result.stdout.split("SEDD training summary: ", 1)[1].splitlines()[0]
     assert '"iterations": 3' in summary and "nan" not in summary.lower()
+
+
+def test_resume_names_each_changed_backbone_flag():
+    """A checkpoint's backbone against a run's: every differing option by its Megatron flag."""
+    from types import SimpleNamespace
+
+    from sedd_megatron.training.resume import differing_settings
+
+    saved = SimpleNamespace(swiglu=False, normalization="LayerNorm", layernorm_epsilon=1e-5,
+                            qk_layernorm=False, group_query_attention=False, num_query_groups=4,
+                            rotary_base=10000, kv_channels=16)  # fmt: skip
+    run = SimpleNamespace(swiglu=True, normalization="RMSNorm", layernorm_epsilon=1e-6,
+                          qk_layernorm=True, group_query_attention=True, num_query_groups=2,
+                          rotary_base=500000, kv_channels=24)  # fmt: skip
+    flags = [flag for flag, _, _ in differing_settings(saved, run)]
+    assert sorted(flags) == sorted([
+        "--swiglu", "--normalization", "--norm-epsilon", "--qk-layernorm",
+        "--group-query-attention", "--num-query-groups", "--rotary-base", "--kv-channels",
+    ])  # fmt: skip
