@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sedd_megatron.errors import EvalError
 from sedd_megatron.evaluation.designs import build_design, build_tail_design
 from sedd_megatron.evaluation.draws import TAIL_STREAM, BlockDraws, block_generator, perturb
-from sedd_megatron.evaluation.estimator import gather_blocks, run_full_batch
+from sedd_megatron.evaluation.estimator import block_draws, gather_blocks, run_full_batch
 from sedd_megatron.evaluation.settings import check_elbo_settings, default_tail_samples
 from sedd_megatron.evaluation.stats import SumEstimate, combine_replicates, scaled_sum
 from sedd_megatron.models.score_model import to_device
@@ -153,20 +153,7 @@ def _evaluate(model, items, ids, design_for, *, seed, stream, noise, batch_size,
             run(pending[length])
     if not model.reports:
         return []
-    out = []
-    for i in ids:
-        draws, counted = meta[i]
-        shape = draws.shape
-        out.append(
-            BlockDraws(
-                block=i,
-                t=draws.t.numpy(),
-                weight=draws.weight.numpy(),
-                count=counted.view(shape).numpy(),
-                loss=losses[i].view(shape).cpu().numpy(),
-            )
-        )
-    return out
+    return block_draws(ids, meta, losses)
 
 
 def evaluate_conditional(

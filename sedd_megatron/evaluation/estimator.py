@@ -100,6 +100,12 @@ def evaluate_blocks(
     bar.close()
     if not model.reports:
         return []
+    return block_draws(ids, meta, losses)
+
+
+def block_draws(ids, meta: dict, losses: dict) -> list[BlockDraws]:
+    """The BlockDraws of blocks ``ids``: ``meta[b]`` holds (draws, counted tokens) and
+    ``losses[b]`` the flat per-draw losses, in the draws' order (the one copy to the host)."""
     out = []
     for b in ids:
         draws, counted = meta[b]
@@ -110,7 +116,7 @@ def evaluate_blocks(
                 t=draws.t.numpy(),
                 weight=draws.weight.numpy(),
                 count=counted.view(shape).numpy(),
-                loss=losses[b].view(shape).cpu().numpy(),  # the one copy to the host
+                loss=losses[b].view(shape).cpu().numpy(),
             )
         )
     return out
