@@ -75,7 +75,7 @@ class SEDDLayerNorm(torch.nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.eps = eps
-        self.rms = config.normalization == "RMSNorm"
+        self.rms = config.rms_norm
         self.fused = fused_kernels(config)
         self.weight = torch.nn.Parameter(
             torch.ones(hidden_size, device=param_device(config), dtype=config.params_dtype)
@@ -101,7 +101,7 @@ class SEDDHeadNorm(torch.nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.eps = eps
-        self.rms = config.normalization == "RMSNorm"
+        self.rms = config.rms_norm
         self.weight = torch.nn.Parameter(
             torch.ones(hidden_size, device=param_device(config), dtype=config.params_dtype)
         )
@@ -201,10 +201,11 @@ class BidirectionalAttention(MegatronModule):
             )
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         dropout = self.dropout if self.training else 0.0
-        if k.shape[1] != q.shape[1]:
-            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        grouped = k.shape[1] != q.shape[1]  # SDPA maps query head j to kv head j // (h / g)
         with tensor_parallel.get_cuda_rng_tracker().fork() if dropout else nullcontext():
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, scale=self.scale, enable_gqa=grouped
+            )
         s, b = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
